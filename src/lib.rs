@@ -1,1 +1,7 @@
+//! grasp-sync: GRASP-02 proactive sync for NIP-34 git relays.
+//!
+//! - [`core`]: the pure sync algorithm (indexes, compute_actions, lifecycle, health).
+//! - [`config`]: configuration files.
+
+pub mod config;
 pub mod core;

@@ -484,13 +484,19 @@ impl SyncCore {
         let Some(s) = self.relays.get_mut(&id) else {
             return;
         };
-        let was_connected = s.is_connected();
+        let previous = s.connection_status;
         s.connection_status = ConnectionStatus::Disconnected;
         s.nip77 = Nip77Support::Unknown;
         s.health.record_disconnected();
-        if was_connected {
-            s.disconnected_at = Some(now);
-            s.health.record_failure(now, &backoff);
+        match previous {
+            ConnectionStatus::Connected => {
+                s.disconnected_at = Some(now);
+                s.health.record_failure(now, &backoff);
+            }
+            // A connection that dropped while being set up is a failed attempt: back off,
+            // and keep the original disconnect time for the 15-minute rule.
+            ConnectionStatus::Connecting => s.health.record_failure(now, &backoff),
+            ConnectionStatus::Disconnected => {}
         }
         // A dead connection confirms nothing: its subscriptions are gone.
         self.clear_pending(id, out);
