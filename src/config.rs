@@ -56,12 +56,13 @@ struct SettingsDoc {
 pub fn settings_from_yaml(text: &str) -> Result<SyncSettings, ConfigError> {
     let mut found: Option<SyncSettings> = None;
     for (index, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let value = serde_yaml::Value::deserialize(doc).map_err(|source| ConfigError::Yaml { index, source })?;
+        let value = serde_yaml::Value::deserialize(doc)
+            .map_err(|source| ConfigError::Yaml { index, source })?;
         if value.is_null() {
             continue;
         }
-        let header: Header =
-            serde_yaml::from_value(value.clone()).map_err(|source| ConfigError::Yaml { index, source })?;
+        let header: Header = serde_yaml::from_value(value.clone())
+            .map_err(|source| ConfigError::Yaml { index, source })?;
         if header.kind.as_deref() != Some("Settings") {
             continue;
         }
@@ -115,13 +116,15 @@ spec:
 
     #[test]
     fn no_settings_document_means_defaults() {
-        let s = settings_from_yaml("apiVersion: sync.grasp.dev/v1alpha1\nkind: SyncRelay\n").expect("valid");
+        let s = settings_from_yaml("apiVersion: sync.grasp.dev/v1alpha1\nkind: SyncRelay\n")
+            .expect("valid");
         assert_eq!(s, SyncSettings::default());
     }
 
     #[test]
     fn bad_documents_get_clear_errors() {
-        let err = settings_from_yaml("apiVersion: v9\nkind: Settings\nspec: {}\n").expect_err("refused");
+        let err =
+            settings_from_yaml("apiVersion: v9\nkind: Settings\nspec: {}\n").expect_err("refused");
         assert!(err.to_string().contains("apiVersion"), "{err}");
         let err = settings_from_yaml(
             "apiVersion: sync.grasp.dev/v1alpha1\nkind: Settings\nspec: {batchWindow: 0ms}\n",
@@ -133,7 +136,13 @@ spec:
         )
         .expect_err("refused");
         assert!(err.to_string().starts_with("document 0"), "{err}");
-        let twice = format!("{DOCS}---\n{}", DOCS.split("---\n").nth(1).unwrap_or_default());
-        assert!(matches!(settings_from_yaml(&twice), Err(ConfigError::DuplicateSettings { .. })));
+        let twice = format!(
+            "{DOCS}---\n{}",
+            DOCS.split("---\n").nth(1).unwrap_or_default()
+        );
+        assert!(matches!(
+            settings_from_yaml(&twice),
+            Err(ConfigError::DuplicateSettings { .. })
+        ));
     }
 }

@@ -93,11 +93,23 @@ pub fn compute_relay_actions(
     }
     let in_repo = |r: &RepoId| target.is_some_and(|t| t.repos.contains(r));
     let in_root = |r: &RootId| target.is_some_and(|t| t.roots.contains_key(r));
-    remove.repos = confirmed.repos.iter().filter(|r| !in_repo(r)).copied().collect();
-    remove.root_events = confirmed.root_events.iter().filter(|r| !in_root(r)).copied().collect();
+    remove.repos = confirmed
+        .repos
+        .iter()
+        .filter(|r| !in_repo(r))
+        .copied()
+        .collect();
+    remove.root_events = confirmed
+        .root_events
+        .iter()
+        .filter(|r| !in_root(r))
+        .copied()
+        .collect();
     if let Some(p) = pending {
         remove.repos.extend(p.repos.keys().filter(|r| !in_repo(r)));
-        remove.root_events.extend(p.roots.keys().filter(|r| !in_root(r)));
+        remove
+            .root_events
+            .extend(p.roots.keys().filter(|r| !in_root(r)));
     }
     finish(relay, add, remove)
 }

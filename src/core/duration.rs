@@ -55,7 +55,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
 /// Formats a duration in the largest unit that divides it exactly ("65s", "15m", "200ms").
 pub fn format_duration(d: Duration) -> String {
     let ms = super::time::duration_ms(d);
-    for (unit, size) in [("d", 86_400_000u64), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
+    for (unit, size) in [
+        ("d", 86_400_000u64),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+    ] {
         if ms >= size && ms % size == 0 {
             return format!("{}{}", ms / size, unit);
         }
@@ -96,10 +101,22 @@ mod tests {
 
     #[test]
     fn refuses_bad_text_with_a_reason() {
-        assert!(matches!(parse_duration(""), Err(DurationError::NoNumber(_))));
-        assert!(matches!(parse_duration("5"), Err(DurationError::BadUnit(_))));
-        assert!(matches!(parse_duration("5y"), Err(DurationError::BadUnit(_))));
-        assert!(matches!(parse_duration("ms"), Err(DurationError::NoNumber(_))));
+        assert!(matches!(
+            parse_duration(""),
+            Err(DurationError::NoNumber(_))
+        ));
+        assert!(matches!(
+            parse_duration("5"),
+            Err(DurationError::BadUnit(_))
+        ));
+        assert!(matches!(
+            parse_duration("5y"),
+            Err(DurationError::BadUnit(_))
+        ));
+        assert!(matches!(
+            parse_duration("ms"),
+            Err(DurationError::NoNumber(_))
+        ));
         assert!(matches!(
             parse_duration("99999999999999999999s"),
             Err(DurationError::Overflow(_))

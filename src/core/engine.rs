@@ -129,11 +129,15 @@ impl SyncCore {
             .get(&id)
             .map(|s| s.url.clone())
             .or_else(|| self.symbols.relay_url(id).cloned())
-            .unwrap_or_else(|| RelayUrl::parse("ws://unknown.invalid").expect("static URL is valid"))
+            .unwrap_or_else(|| {
+                RelayUrl::parse("ws://unknown.invalid").expect("static URL is valid")
+            })
     }
 
     pub(crate) fn effective_limits(&self, id: RelayId) -> RelayLimits {
-        self.relays.get(&id).map_or(self.settings.default_limits, |s| s.limits)
+        self.relays
+            .get(&id)
+            .map_or(self.settings.default_limits, |s| s.limits)
     }
 
     /// Handles one input at time `now`; returns the commands to execute, in order.
@@ -175,7 +179,10 @@ impl SyncCore {
 
     fn on_own_event(&mut self, now: Millis, event: &Event) {
         self.stats.own_events += 1;
-        self.own_last_seen = Some(self.own_last_seen.map_or(event.created_at, |t| t.max(event.created_at)));
+        self.own_last_seen = Some(
+            self.own_last_seen
+                .map_or(event.created_at, |t| t.max(event.created_at)),
+        );
         let kind = event.kind.as_u16();
         let limits = ParseLimits {
             max_relays: self.settings.max_relays_per_announcement,
@@ -200,7 +207,8 @@ impl SyncCore {
                 }
                 self.own_queue.push(item);
                 // The window opens with the first event and does not reset on later ones.
-                self.own_deadline.get_or_insert(now + self.settings.batch_window);
+                self.own_deadline
+                    .get_or_insert(now + self.settings.batch_window);
             }
             Err(e) => *self.stats.rejects.entry(e.reason()).or_insert(0) += 1,
         }
@@ -281,7 +289,10 @@ impl SyncCore {
 
     /// Runs the incremental compute_actions for a relay's accumulated target delta.
     pub(crate) fn apply_delta(&mut self, now: Millis, relay: RelayId, out: &mut Vec<Command>) {
-        let connected = self.relays.get(&relay).is_some_and(RelayState::is_connected);
+        let connected = self
+            .relays
+            .get(&relay)
+            .is_some_and(RelayState::is_connected);
         if !connected {
             // A reconnect runs the full diff; the delta is not needed.
             self.deltas.remove(&relay);
@@ -317,8 +328,12 @@ impl SyncCore {
         let Some(state) = self.relays.get(&relay).filter(|s| s.is_connected()) else {
             return;
         };
-        let (add, remove) =
-            compute_relay_actions(relay, self.targets.get(relay), self.pending.get(&relay), state);
+        let (add, remove) = compute_relay_actions(
+            relay,
+            self.targets.get(relay),
+            self.pending.get(&relay),
+            state,
+        );
         if let Some(rm) = remove {
             self.remove_filters(now, rm, out);
         }
@@ -349,7 +364,8 @@ impl SyncCore {
             state.limits = o;
         }
         let was_suspended = std::mem::replace(&mut state.suspended, suspended);
-        if suspended && !was_suspended && state.connection_status != ConnectionStatus::Disconnected {
+        if suspended && !was_suspended && state.connection_status != ConnectionStatus::Disconnected
+        {
             self.drop_connection(id, DisconnectReason::Suspended, out);
         }
         if self.targets.get(id).is_none() && state_target_empty_unset(self.relays.get(&id)) {
@@ -414,7 +430,9 @@ impl SyncCore {
             && s.health.may_connect(now)
         {
             s.connection_status = ConnectionStatus::Connecting;
-            out.push(Command::Connect { relay: s.url.clone() });
+            out.push(Command::Connect {
+                relay: s.url.clone(),
+            });
         }
     }
 
@@ -526,7 +544,12 @@ impl SyncCore {
             if !connected {
                 continue;
             }
-            if self.relays.get(&id).and_then(|s| s.next_daily).is_some_and(|t| t <= now) {
+            if self
+                .relays
+                .get(&id)
+                .and_then(|s| s.next_daily)
+                .is_some_and(|t| t <= now)
+            {
                 self.daily_sync_id(now, id, out);
                 continue;
             }

@@ -144,12 +144,17 @@ mod tests {
         let f = build_announcement_filter(None);
         let kinds: Vec<u16> = f.kinds.expect("kinds").iter().map(|k| k.as_u16()).collect();
         assert_eq!(kinds, [30617, 30618]);
-        assert_eq!(build_announcement_filter(Some(Timestamp::from_secs(9))).since, Some(Timestamp::from_secs(9)));
+        assert_eq!(
+            build_announcement_filter(Some(Timestamp::from_secs(9))).since,
+            Some(Timestamp::from_secs(9))
+        );
     }
 
     #[test]
     fn layer2_and_3_use_three_tags_per_chunk_and_no_kinds() {
-        let refs: Vec<String> = (0..250).map(|i| format!("30617:{}:r{i}", "a".repeat(64))).collect();
+        let refs: Vec<String> = (0..250)
+            .map(|i| format!("30617:{}:r{i}", "a".repeat(64)))
+            .collect();
         let l2 = build_repo_tag_filters(&refs, 100, None);
         assert_eq!(l2.len(), 9);
         let json = serde_json::to_string(&l2[..3]).expect("json");
@@ -170,7 +175,11 @@ mod tests {
 
     #[test]
     fn packing_uses_the_fewest_reqs() {
-        let filters = build_repo_tag_filters(&(0..1000).map(|i| i.to_string()).collect::<Vec<_>>(), 100, None);
+        let filters = build_repo_tag_filters(
+            &(0..1000).map(|i| i.to_string()).collect::<Vec<_>>(),
+            100,
+            None,
+        );
         let packed = pack_filters(filters, 7);
         assert_eq!(packed.len(), 30usize.div_ceil(7));
         assert!(packed.iter().all(|r| r.len() <= 7));

@@ -152,7 +152,14 @@ pub fn classify_relay_message(text: &str) -> RelayMessageClass {
     ]) {
         return RelayMessageClass::TooManySubscriptions;
     }
-    if t.starts_with("rate-limited") || has(&["rate limit", "ratelimit", "rate-limit", "too many", "slow down"])
+    if t.starts_with("rate-limited")
+        || has(&[
+            "rate limit",
+            "ratelimit",
+            "rate-limit",
+            "too many",
+            "slow down",
+        ])
     {
         return RelayMessageClass::RateLimited;
     }
@@ -186,7 +193,10 @@ mod tests {
     fn backoff_doubles_from_five_seconds_and_caps_at_an_hour() {
         let b = backoff();
         let secs: Vec<u64> = (1..=12).map(|n| backoff_delay(n, &b).as_secs()).collect();
-        assert_eq!(secs, [5, 10, 20, 40, 80, 160, 320, 640, 1280, 2560, 3600, 3600]);
+        assert_eq!(
+            secs,
+            [5, 10, 20, 40, 80, 160, 320, 640, 1280, 2560, 3600, 3600]
+        );
         assert_eq!(backoff_delay(0, &b), Duration::ZERO);
         assert_eq!(backoff_delay(u32::MAX, &b), Duration::from_secs(3600));
     }
@@ -243,13 +253,31 @@ mod tests {
     #[test]
     fn classifies_relay_texts() {
         use RelayMessageClass::*;
-        assert_eq!(classify_relay_message("rate-limited: slow down"), RateLimited);
-        assert_eq!(classify_relay_message("You are being rate limited"), RateLimited);
+        assert_eq!(
+            classify_relay_message("rate-limited: slow down"),
+            RateLimited
+        );
+        assert_eq!(
+            classify_relay_message("You are being rate limited"),
+            RateLimited
+        );
         assert_eq!(classify_relay_message("too many requests"), RateLimited);
-        assert_eq!(classify_relay_message("error: too many subscriptions"), TooManySubscriptions);
-        assert_eq!(classify_relay_message("Maximum subscriptions (32) reached"), TooManySubscriptions);
-        assert_eq!(classify_relay_message("could not parse command"), NegentropyUnsupported);
-        assert_eq!(classify_relay_message("auth-required: sign in"), AuthRequired);
+        assert_eq!(
+            classify_relay_message("error: too many subscriptions"),
+            TooManySubscriptions
+        );
+        assert_eq!(
+            classify_relay_message("Maximum subscriptions (32) reached"),
+            TooManySubscriptions
+        );
+        assert_eq!(
+            classify_relay_message("could not parse command"),
+            NegentropyUnsupported
+        );
+        assert_eq!(
+            classify_relay_message("auth-required: sign in"),
+            AuthRequired
+        );
         assert_eq!(classify_relay_message("hello"), Other);
     }
 }

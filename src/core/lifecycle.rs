@@ -76,13 +76,22 @@ impl SyncCore {
     /// Clear pending, then confirmed; L1 live, L1 historic (no `since`); compute_actions.
     pub(crate) fn fresh_start_id(&mut self, now: Millis, id: RelayId, out: &mut Vec<Command>) {
         self.clear_pending(id, out);
-        out.push(Command::ClearConfirmed { relay: self.url(id) });
+        out.push(Command::ClearConfirmed {
+            relay: self.url(id),
+        });
         if let Some(s) = self.relays.get_mut(&id) {
             s.clear_sync_state();
         }
         self.unsubscribe_all_if_open(id, out);
         self.open_live(id, true, &[], &[], out);
-        self.start_batch(now, id, BatchKind::Layer1, PendingItems::default(), None, out);
+        self.start_batch(
+            now,
+            id,
+            BatchKind::Layer1,
+            PendingItems::default(),
+            None,
+            out,
+        );
         self.schedule_daily(now, id);
         self.compute_and_sync(now, id, out);
     }
@@ -106,7 +115,14 @@ impl SyncCore {
             .get(&id)
             .is_some_and(|s| s.layer1_confirmed)
             .then_some(since);
-        self.start_batch(now, id, BatchKind::Layer1, PendingItems::default(), l1_since, out);
+        self.start_batch(
+            now,
+            id,
+            BatchKind::Layer1,
+            PendingItems::default(),
+            l1_since,
+            out,
+        );
         let (repos, roots) = self.confirmed_items(id);
         self.open_live(id, false, &repos, &roots, out);
         let items = PendingItems {
@@ -137,7 +153,9 @@ impl SyncCore {
     pub(crate) fn consolidate_id(&mut self, now: Millis, id: RelayId, out: &mut Vec<Command>) {
         self.metric(id, MetricEvent::Consolidation, out);
         self.clear_pending(id, out);
-        out.push(Command::UnsubscribeAll { relay: self.url(id) });
+        out.push(Command::UnsubscribeAll {
+            relay: self.url(id),
+        });
         if let Some(l) = self.live.get_mut(&id) {
             l.clear();
         }
@@ -165,13 +183,25 @@ impl SyncCore {
         };
         self.start_batch(now, id, BatchKind::NewItems, items, None, out);
         if self.relays.get(&id).is_some_and(|s| !s.layer1_confirmed) {
-            self.start_batch(now, id, BatchKind::Layer1, PendingItems::default(), None, out);
+            self.start_batch(
+                now,
+                id,
+                BatchKind::Layer1,
+                PendingItems::default(),
+                None,
+                out,
+            );
         }
     }
 
     /// `handle_new_sync_filters`: ensure the connection, consolidate if the budget would be
     /// exceeded, then `sync_computed_filters`.
-    pub(crate) fn handle_new_sync_filters(&mut self, now: Millis, add: AddFilters, out: &mut Vec<Command>) {
+    pub(crate) fn handle_new_sync_filters(
+        &mut self,
+        now: Millis,
+        add: AddFilters,
+        out: &mut Vec<Command>,
+    ) {
         let id = add.relay;
         let connected = self.relays.get(&id).is_some_and(|s| s.is_connected());
         if !connected {
@@ -198,16 +228,30 @@ impl SyncCore {
     ) {
         let id = add.relay;
         let live = self.live.entry(id).or_default();
-        let new_repos: Vec<RepoId> = add.repos.iter().filter(|r| !live.repos.contains(r)).copied().collect();
-        let new_roots: Vec<RootId> =
-            add.root_events.iter().filter(|r| !live.roots.contains(r)).copied().collect();
+        let new_repos: Vec<RepoId> = add
+            .repos
+            .iter()
+            .filter(|r| !live.repos.contains(r))
+            .copied()
+            .collect();
+        let new_roots: Vec<RootId> = add
+            .root_events
+            .iter()
+            .filter(|r| !live.roots.contains(r))
+            .copied()
+            .collect();
         let open_live = live.subs.len();
         let mergeable = live.item_subs() > 0;
         if !new_repos.is_empty() || !new_roots.is_empty() {
             let budget = Budget::of(self.effective_limits(id));
             let free = budget.live.saturating_sub(open_live);
-            let need = filter_count(false, new_repos.len(), new_roots.len(), self.settings.chunk_size)
-                .div_ceil(budget.max_filters);
+            let need = filter_count(
+                false,
+                new_repos.len(),
+                new_roots.len(),
+                self.settings.chunk_size,
+            )
+            .div_ceil(budget.max_filters);
             if need > free && mergeable {
                 self.consolidate_id(now, id, out);
                 return;
@@ -225,7 +269,12 @@ impl SyncCore {
 
     /// Applies `RemoveFilters`: forget the items, and re-open the live REQs that covered them
     /// without them (subscribe-before-unsubscribe when the budget allows, so no gap).
-    pub(crate) fn remove_filters(&mut self, _now: Millis, rm: RemoveFilters, out: &mut Vec<Command>) {
+    pub(crate) fn remove_filters(
+        &mut self,
+        _now: Millis,
+        rm: RemoveFilters,
+        out: &mut Vec<Command>,
+    ) {
         let id = rm.relay;
         self.drop_confirmed(id, &rm.repos, &rm.root_events);
         if let Some(p) = self.pending.get_mut(&id) {
@@ -364,17 +413,33 @@ impl SyncCore {
         if let Some(l) = self.live.get_mut(&id) {
             if !l.subs.is_empty() {
                 l.clear();
-                out.push(Command::UnsubscribeAll { relay: self.url(id) });
+                out.push(Command::UnsubscribeAll {
+                    relay: self.url(id),
+                });
             }
         }
     }
 
     /// Opens live REQs for the items within the live budget left, growing the chunk size
     /// when needed. Returns false when even that cannot fit.
-    fn open_live(&mut self, id: RelayId, layer1: bool, repos: &[RepoId], roots: &[RootId], out: &mut Vec<Command>) -> bool {
+    fn open_live(
+        &mut self,
+        id: RelayId,
+        layer1: bool,
+        repos: &[RepoId],
+        roots: &[RootId],
+        out: &mut Vec<Command>,
+    ) -> bool {
         let budget = Budget::of(self.effective_limits(id));
         let open = self.live.get(&id).map_or(0, |l| l.subs.len());
-        self.open_live_within(id, layer1, repos, roots, budget.live.saturating_sub(open), out)
+        self.open_live_within(
+            id,
+            layer1,
+            repos,
+            roots,
+            budget.live.saturating_sub(open),
+            out,
+        )
     }
 
     fn open_live_within(
@@ -391,20 +456,53 @@ impl SyncCore {
         }
         let budget = Budget::of(self.effective_limits(id));
         let capacity = free_subs * budget.max_filters;
-        let Some(chunk) = fitting_chunk(layer1, repos.len(), roots.len(), self.settings.chunk_size, capacity) else {
+        let Some(chunk) = fitting_chunk(
+            layer1,
+            repos.len(),
+            roots.len(),
+            self.settings.chunk_size,
+            capacity,
+        ) else {
             self.metric(id, MetricEvent::BudgetTooSmall, out);
             return false;
         };
-        let plan = plan_live(&self.symbols, layer1, repos, roots, chunk, budget.max_filters);
+        let plan = plan_live(
+            &self.symbols,
+            layer1,
+            repos,
+            roots,
+            chunk,
+            budget.max_filters,
+        );
         self.subscribe_planned(id, plan, out);
         true
     }
 
-    fn plan_live_fitting(&self, id: RelayId, layer1: bool, repos: &[RepoId], roots: &[RootId], subs: usize) -> Vec<PlannedReq> {
+    fn plan_live_fitting(
+        &self,
+        id: RelayId,
+        layer1: bool,
+        repos: &[RepoId],
+        roots: &[RootId],
+        subs: usize,
+    ) -> Vec<PlannedReq> {
         let budget = Budget::of(self.effective_limits(id));
-        let chunk = fitting_chunk(layer1, repos.len(), roots.len(), self.settings.chunk_size, subs.max(1) * budget.max_filters)
-            .unwrap_or(repos.len().max(roots.len()).max(1));
-        plan_live(&self.symbols, layer1, repos, roots, chunk, budget.max_filters)
+        let chunk = fitting_chunk(
+            layer1,
+            repos.len(),
+            roots.len(),
+            self.settings.chunk_size,
+            subs.max(1) * budget.max_filters,
+        )
+        .unwrap_or(repos.len().max(roots.len()).max(1));
+        plan_live(
+            &self.symbols,
+            layer1,
+            repos,
+            roots,
+            chunk,
+            budget.max_filters,
+        )
     }
 
     fn subscribe_planned(&mut self, id: RelayId, plan: Vec<PlannedReq>, out: &mut Vec<Command>) {
@@ -429,7 +527,9 @@ impl SyncCore {
 
     fn schedule_daily(&mut self, now: Millis, id: RelayId) {
         let d = self.settings.daily_sync;
-        let period = self.rng.uniform_inclusive(duration_ms(d.min), duration_ms(d.max));
+        let period = self
+            .rng
+            .uniform_inclusive(duration_ms(d.min), duration_ms(d.max));
         if let Some(s) = self.relays.get_mut(&id) {
             s.next_daily = Some(Millis(now.0.saturating_add(period)));
         }

@@ -77,7 +77,13 @@ pub fn filter_count(layer1: bool, repos: usize, roots: usize, chunk: usize) -> u
 
 /// The smallest chunk size, at least `base`, whose filters fit in `capacity` filters; `None`
 /// when even one chunk per layer does not fit.
-pub fn fitting_chunk(layer1: bool, repos: usize, roots: usize, base: usize, capacity: usize) -> Option<usize> {
+pub fn fitting_chunk(
+    layer1: bool,
+    repos: usize,
+    roots: usize,
+    base: usize,
+    capacity: usize,
+) -> Option<usize> {
     let mut chunk = base.max(1);
     let largest = repos.max(roots).max(1);
     loop {
@@ -115,11 +121,21 @@ pub fn plan_live(
     }
     let repo_text: Vec<Vec<&str>> = repo_chunks
         .iter()
-        .map(|c| c.iter().filter_map(|r| symbols.repo_ref(*r)).map(|r| r.as_str()).collect())
+        .map(|c| {
+            c.iter()
+                .filter_map(|r| symbols.repo_ref(*r))
+                .map(|r| r.as_str())
+                .collect()
+        })
         .collect();
     let root_text: Vec<Vec<String>> = root_chunks
         .iter()
-        .map(|c| c.iter().filter_map(|r| symbols.root_event(*r)).map(|e| e.to_hex()).collect())
+        .map(|c| {
+            c.iter()
+                .filter_map(|r| symbols.root_event(*r))
+                .map(|e| e.to_hex())
+                .collect()
+        })
         .collect();
     units
         .chunks(max_filters.max(1))

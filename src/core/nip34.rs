@@ -27,8 +27,12 @@ pub const KIND_ISSUE: u16 = 1621;
 /// Kinds that are root events.
 pub const ROOT_KINDS: [u16; 3] = [KIND_PATCH, KIND_PULL_REQUEST, KIND_ISSUE];
 /// Kinds the self-subscriber watches on our relay.
-pub const SELF_SUBSCRIBER_KINDS: [u16; 4] =
-    [KIND_REPO_ANNOUNCEMENT, KIND_PATCH, KIND_PULL_REQUEST, KIND_ISSUE];
+pub const SELF_SUBSCRIBER_KINDS: [u16; 4] = [
+    KIND_REPO_ANNOUNCEMENT,
+    KIND_PATCH,
+    KIND_PULL_REQUEST,
+    KIND_ISSUE,
+];
 
 /// Longest `d` identifier accepted; NIP-34 ids are short names.
 const MAX_IDENTIFIER_LEN: usize = 256;
@@ -48,7 +52,9 @@ impl RepoRef {
         let rest = value.strip_prefix("30617:")?;
         let (pubkey, identifier) = rest.split_once(':')?;
         let hex_ok = pubkey.len() == 64
-            && pubkey.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            && pubkey
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if !hex_ok || identifier.len() > MAX_IDENTIFIER_LEN {
             return None;
         }
@@ -318,7 +324,12 @@ mod tests {
             &keys,
             vec![
                 vec!["d", "repo"],
-                vec!["relays", "wss://Our.Relay.Example/", "wss://a.example", "ftp://x"],
+                vec![
+                    "relays",
+                    "wss://Our.Relay.Example/",
+                    "wss://a.example",
+                    "ftp://x",
+                ],
                 vec!["clone", "https://b.example/npub/repo.git", "git@c:x"],
                 vec!["relays", "wss://a.example:443"],
             ],
@@ -328,7 +339,10 @@ mod tests {
         let urls: Vec<&str> = a.relays.iter().map(RelayUrl::as_str).collect();
         assert_eq!(urls, ["wss://a.example", "wss://b.example"]);
         assert_eq!(a.rejects.get("relays_bad_scheme"), Some(&1));
-        assert_eq!(a.repo.as_str(), format!("30617:{}:repo", keys.public_key().to_hex()));
+        assert_eq!(
+            a.repo.as_str(),
+            format!("30617:{}:repo", keys.public_key().to_hex())
+        );
     }
 
     #[test]
@@ -336,7 +350,10 @@ mod tests {
         let keys = Keys::generate();
         let ev = announcement(
             &keys,
-            vec![vec!["d", "r"], vec!["relays", "wss://our.relay.example.evil.com"]],
+            vec![
+                vec!["d", "r"],
+                vec!["relays", "wss://our.relay.example.evil.com"],
+            ],
         );
         let a = parse_announcement(&ev, &own(), ParseLimits::default()).expect("parses");
         assert!(!a.lists_own_relay);

@@ -120,7 +120,10 @@ mod tests {
             .filter(|(ts, _)| f.since.is_none_or(|s| *ts >= s.as_secs()))
             .collect();
         matching.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-        let n = matching.len().min(f.limit.unwrap_or(usize::MAX)).min(cap as usize);
+        let n = matching
+            .len()
+            .min(f.limit.unwrap_or(usize::MAX))
+            .min(cap as usize);
         PageReport {
             received: n as u32,
             oldest: matching[..n].last().map(|e| Timestamp::from_secs(e.0)),
@@ -157,7 +160,9 @@ mod tests {
         events.extend((0..5).map(|i| (50, 100 + i)));
         let (c, asked) = walk(&events, 10, 10);
         assert_eq!(c.truncated_runs(), 1);
-        assert!(asked.iter().any(|f| f.until == Some(Timestamp::from_secs(50))));
+        assert!(asked
+            .iter()
+            .any(|f| f.until == Some(Timestamp::from_secs(50))));
         assert!(asked.len() < 10);
     }
 

@@ -132,7 +132,13 @@ impl RelayTargets {
         self.by_relay.get(&relay)
     }
 
-    fn add_repo(&mut self, relay: RelayId, repo: RepoId, needs: &RepoNeeds, delta: &mut TargetDelta) {
+    fn add_repo(
+        &mut self,
+        relay: RelayId,
+        repo: RepoId,
+        needs: &RepoNeeds,
+        delta: &mut TargetDelta,
+    ) {
         let t = self.by_relay.entry(relay).or_default();
         if t.repos.insert(repo) {
             delta.added_repos.push(repo);
@@ -146,7 +152,13 @@ impl RelayTargets {
         }
     }
 
-    fn remove_repo(&mut self, relay: RelayId, repo: RepoId, needs: &RepoNeeds, delta: &mut TargetDelta) {
+    fn remove_repo(
+        &mut self,
+        relay: RelayId,
+        repo: RepoId,
+        needs: &RepoNeeds,
+        delta: &mut TargetDelta,
+    ) {
         let Some(t) = self.by_relay.get_mut(&relay) else {
             return;
         };
@@ -215,7 +227,10 @@ impl RepoSyncIndex {
 
     /// Every repo with its id.
     pub fn iter(&self) -> impl Iterator<Item = (RepoId, &RepoNeeds)> {
-        self.repos.iter().enumerate().map(|(i, n)| (RepoId(i as u32), n))
+        self.repos
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (RepoId(i as u32), n))
     }
 
     fn slot(&mut self, id: RepoId) -> &mut RepoNeeds {
@@ -250,7 +265,11 @@ impl RepoSyncIndex {
         new_relays.sort_unstable();
         new_relays.dedup();
         let needs = std::mem::take(self.slot(repo));
-        for r in needs.relays.iter().filter(|r| new_relays.binary_search(r).is_err()) {
+        for r in needs
+            .relays
+            .iter()
+            .filter(|r| new_relays.binary_search(r).is_err())
+        {
             targets.remove_repo(*r, repo, &needs, changes.entry(*r).or_default());
         }
         for r in new_relays.iter().filter(|r| !needs.relays.contains(r)) {

@@ -30,7 +30,10 @@ impl SyncCore {
         if kind != BatchKind::Layer1 && items.is_empty() {
             return;
         }
-        let nip77 = self.relays.get(&id).map_or(Nip77Support::Unknown, |s| s.nip77);
+        let nip77 = self
+            .relays
+            .get(&id)
+            .map_or(Nip77Support::Unknown, |s| s.nip77);
         // Negentropy for full history; REQ with `since` for catch-up (and when NIP-77 is absent).
         let method = if since.is_none() && nip77 != Nip77Support::Unsupported {
             SyncMethod::Negentropy
@@ -51,8 +54,20 @@ impl SyncCore {
         }
         let repo_chunks: Vec<Vec<_>> = items.repos.chunks(chunk).map(<[_]>::to_vec).collect();
         let root_chunks: Vec<Vec<_>> = items.root_events.chunks(chunk).map(<[_]>::to_vec).collect();
-        parts.extend(split_parts(batch, method, max_filters, repo_chunks, PartItems::Repos));
-        parts.extend(split_parts(batch, method, max_filters, root_chunks, PartItems::Roots));
+        parts.extend(split_parts(
+            batch,
+            method,
+            max_filters,
+            repo_chunks,
+            PartItems::Repos,
+        ));
+        parts.extend(split_parts(
+            batch,
+            method,
+            max_filters,
+            root_chunks,
+            PartItems::Roots,
+        ));
         let p = self.pending.entry(id).or_default();
         p.add_batch(PendingBatch {
             batch_id: batch,
@@ -243,7 +258,11 @@ impl SyncCore {
 
     /// Every part is done: the batch's items move to confirmed.
     fn confirm_batch(&mut self, id: RelayId, batch: BatchId, out: &mut Vec<Command>) {
-        let Some((b, _)) = self.pending.get_mut(&id).and_then(|p| p.remove_batch(batch)) else {
+        let Some((b, _)) = self
+            .pending
+            .get_mut(&id)
+            .and_then(|p| p.remove_batch(batch))
+        else {
             return;
         };
         if let Some(s) = self.relays.get_mut(&id) {
@@ -259,7 +278,11 @@ impl SyncCore {
     /// A batch failed: close its parts, demote what it was catching up, back off, and keep
     /// its items wanted so they are retried after the backoff.
     fn fail_batch(&mut self, now: Millis, id: RelayId, batch: BatchId, out: &mut Vec<Command>) {
-        let Some((b, subs)) = self.pending.get_mut(&id).and_then(|p| p.remove_batch(batch)) else {
+        let Some((b, subs)) = self
+            .pending
+            .get_mut(&id)
+            .and_then(|p| p.remove_batch(batch))
+        else {
             return;
         };
         let url = self.url(id);
@@ -358,7 +381,11 @@ impl SyncCore {
             self.metric(id, MetricEvent::Nip77Unsupported, out);
         }
         if let Some(p) = self.pending.get_mut(&id) {
-            for part in p.queue.iter_mut().filter(|q| q.method == SyncMethod::Negentropy) {
+            for part in p
+                .queue
+                .iter_mut()
+                .filter(|q| q.method == SyncMethod::Negentropy)
+            {
                 part.method = SyncMethod::ReqEose;
             }
             for b in p.batches.values_mut() {
@@ -419,8 +446,16 @@ impl SyncCore {
             return;
         }
         // Live coverage was lost: rebuild it from confirmed once the relay is ready.
-        live.repos = live.subs.values().flat_map(|s| s.repos.iter().copied()).collect();
-        live.roots = live.subs.values().flat_map(|s| s.roots.iter().copied()).collect();
+        live.repos = live
+            .subs
+            .values()
+            .flat_map(|s| s.repos.iter().copied())
+            .collect();
+        live.roots = live
+            .subs
+            .values()
+            .flat_map(|s| s.roots.iter().copied())
+            .collect();
         match class {
             RelayMessageClass::RateLimited => self.start_cooldown(now, id, out),
             RelayMessageClass::TooManySubscriptions => self.lower_budget(id, out),
@@ -434,7 +469,13 @@ impl SyncCore {
         self.needs_consolidate.insert(id);
     }
 
-    pub(crate) fn on_notice(&mut self, now: Millis, url: &RelayUrl, message: &str, out: &mut Vec<Command>) {
+    pub(crate) fn on_notice(
+        &mut self,
+        now: Millis,
+        url: &RelayUrl,
+        message: &str,
+        out: &mut Vec<Command>,
+    ) {
         let Some(id) = self.relay_id(url) else {
             return;
         };
@@ -484,12 +525,18 @@ impl SyncCore {
         let open = self.live.get(&id).map_or(0, |l| l.subs.len())
             + self.pending.get(&id).map_or(0, |p| p.active.len());
         if let Some(s) = self.relays.get_mut(&id) {
-            let lowered = u32::try_from(open).unwrap_or(u32::MAX).min(s.limits.max_subscriptions);
+            let lowered = u32::try_from(open)
+                .unwrap_or(u32::MAX)
+                .min(s.limits.max_subscriptions);
             s.limits.max_subscriptions = lowered.max(2);
         }
         self.metric(id, MetricEvent::BudgetLowered, out);
         let budget = Budget::of(self.effective_limits(id));
-        if self.live.get(&id).is_some_and(|l| l.subs.len() > budget.live) {
+        if self
+            .live
+            .get(&id)
+            .is_some_and(|l| l.subs.len() > budget.live)
+        {
             self.needs_consolidate.insert(id);
         }
     }

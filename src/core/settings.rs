@@ -231,9 +231,10 @@ mod tests {
 
     #[test]
     fn partial_yaml_overrides_only_what_it_names() {
-        let s: SyncSettings =
-            serde_yaml::from_str("batchWindow: 200ms\nbackoff: {base: 1s, max: 10s, deadAfter: 1m}\n")
-                .expect("parses");
+        let s: SyncSettings = serde_yaml::from_str(
+            "batchWindow: 200ms\nbackoff: {base: 1s, max: 10s, deadAfter: 1m}\n",
+        )
+        .expect("parses");
         assert_eq!(s.batch_window, Duration::from_millis(200));
         assert_eq!(s.backoff.max, Duration::from_secs(10));
         assert_eq!(s.chunk_size, 100);

@@ -10,7 +10,9 @@ use std::ops::{Add, Sub};
 use std::time::Duration;
 
 /// A point in wall-clock time, in milliseconds since the Unix epoch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 pub struct Millis(pub u64);
 
 impl Millis {
@@ -76,7 +78,10 @@ mod tests {
     fn timestamp_round_trip_keeps_seconds() {
         let t = Millis(1_700_000_123_456);
         assert_eq!(t.to_timestamp().as_secs(), 1_700_000_123);
-        assert_eq!(Millis::from_timestamp(t.to_timestamp()), Millis(1_700_000_123_000));
+        assert_eq!(
+            Millis::from_timestamp(t.to_timestamp()),
+            Millis(1_700_000_123_000)
+        );
     }
 
     #[test]

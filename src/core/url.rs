@@ -104,7 +104,10 @@ impl RelayUrl {
             return Err(UrlError::TooLong);
         }
         let trimmed = raw.trim();
-        let lower = trimmed.get(..8).map(str::to_ascii_lowercase).unwrap_or_default();
+        let lower = trimmed
+            .get(..8)
+            .map(str::to_ascii_lowercase)
+            .unwrap_or_default();
         if lower.starts_with("nostr://") {
             return Self::from_nostr_clone_url(&trimmed[8..], max_len);
         }
@@ -222,26 +225,48 @@ mod tests {
     #[test]
     fn normalises_case_port_slash_and_fragment() {
         assert_eq!(norm("WSS://Relay.Example.COM/"), "wss://relay.example.com");
-        assert_eq!(norm("wss://relay.example.com:443"), "wss://relay.example.com");
+        assert_eq!(
+            norm("wss://relay.example.com:443"),
+            "wss://relay.example.com"
+        );
         assert_eq!(norm("ws://relay.example.com:80/"), "ws://relay.example.com");
-        assert_eq!(norm("ws://relay.example.com:7777"), "ws://relay.example.com:7777");
-        assert_eq!(norm("wss://relay.example.com/nostr/#frag"), "wss://relay.example.com/nostr");
+        assert_eq!(
+            norm("ws://relay.example.com:7777"),
+            "ws://relay.example.com:7777"
+        );
+        assert_eq!(
+            norm("wss://relay.example.com/nostr/#frag"),
+            "wss://relay.example.com/nostr"
+        );
         assert_eq!(norm("wss://[::1]:7000/"), "wss://[::1]:7000");
-        assert_eq!(norm("ws://127.0.0.1:7777/sub/path/"), "ws://127.0.0.1:7777/sub/path");
+        assert_eq!(
+            norm("ws://127.0.0.1:7777/sub/path/"),
+            "ws://127.0.0.1:7777/sub/path"
+        );
     }
 
     #[test]
     fn refuses_non_ws_long_and_credentialed_urls() {
-        assert_eq!(RelayUrl::parse("https://relay.example.com"), Err(UrlError::BadScheme));
+        assert_eq!(
+            RelayUrl::parse("https://relay.example.com"),
+            Err(UrlError::BadScheme)
+        );
         assert_eq!(RelayUrl::parse("not a url"), Err(UrlError::Malformed));
-        assert_eq!(RelayUrl::parse("wss://u:p@relay.example.com"), Err(UrlError::Credentials));
+        assert_eq!(
+            RelayUrl::parse("wss://u:p@relay.example.com"),
+            Err(UrlError::Credentials)
+        );
         let long = format!("wss://{}.com", "a".repeat(600));
         assert_eq!(RelayUrl::parse(&long), Err(UrlError::TooLong));
     }
 
     #[test]
     fn clone_urls_map_to_relays() {
-        let f = |s| RelayUrl::from_clone_url(s, 512).expect("ok").map(|u| u.to_string());
+        let f = |s| {
+            RelayUrl::from_clone_url(s, 512)
+                .expect("ok")
+                .map(|u| u.to_string())
+        };
         assert_eq!(
             f("https://relay.ngit.dev/npub1abc/repo.git").as_deref(),
             Some("wss://relay.ngit.dev")
@@ -250,10 +275,16 @@ mod tests {
             f("http://Git.Example.org:8080/x.git").as_deref(),
             Some("ws://git.example.org:8080")
         );
-        assert_eq!(f("https://h.example:443/r").as_deref(), Some("wss://h.example"));
+        assert_eq!(
+            f("https://h.example:443/r").as_deref(),
+            Some("wss://h.example")
+        );
         assert_eq!(f("git@github.com:a/b.git"), None);
         assert_eq!(f("ssh://git@host/a.git"), None);
-        assert_eq!(f("nostr://npub1xyz/relay.ngit.dev/ngit").as_deref(), Some("wss://relay.ngit.dev"));
+        assert_eq!(
+            f("nostr://npub1xyz/relay.ngit.dev/ngit").as_deref(),
+            Some("wss://relay.ngit.dev")
+        );
         assert_eq!(
             f("nostr://dan.example/ws%3A%2F%2Flocalhost%3A7334/my-repo").as_deref(),
             Some("ws://localhost:7334")
