@@ -5,9 +5,9 @@
 //! Being a plain value with no locks, it is driven from one task by message passing, so no
 //! lock is ever held across network I/O (an upstream defect).
 
-use super::actions::{compute_relay_actions, compute_relay_delta_actions};
+use super::actions::{compute_relay_actions, compute_relay_delta_actions, RemoveFilters};
 use super::command::{Command, DisconnectReason, Input, MetricEvent};
-use super::ids::RelayId;
+use super::ids::{RelayId, RepoId, RootId};
 use super::live::LiveSet;
 use super::nip34::{
     parse_announcement, parse_root_event, Announcement, OwnRelay, ParseLimits, RootEvent,
@@ -307,13 +307,39 @@ impl SyncCore {
         let Some(state) = self.relays.get(&relay) else {
             return;
         };
-        let (add, remove) = compute_relay_delta_actions(
+        let (add, mut remove) = compute_relay_delta_actions(
             relay,
             &delta,
             self.targets.get(relay),
             self.pending.get(&relay),
             state,
         );
+        // An item whose batch failed is neither pending nor confirmed but still covered live:
+        // when it leaves the target, its live filters must go too.
+        if let Some(live) = self.live.get(&relay) {
+            let target = self.targets.get(relay);
+            let repos = delta
+                .removed_repos
+                .iter()
+                .filter(|r| live.repos.contains(r) && !target.is_some_and(|t| t.repos.contains(r)));
+            let roots = delta.removed_roots.iter().filter(|r| {
+                live.roots.contains(r) && !target.is_some_and(|t| t.roots.contains_key(r))
+            });
+            let (repos, roots): (Vec<RepoId>, Vec<RootId>) =
+                (repos.copied().collect(), roots.copied().collect());
+            if !repos.is_empty() || !roots.is_empty() {
+                let rm = remove.get_or_insert_with(|| RemoveFilters {
+                    relay,
+                    ..RemoveFilters::default()
+                });
+                rm.repos.extend(repos);
+                rm.root_events.extend(roots);
+                rm.repos.sort_unstable();
+                rm.repos.dedup();
+                rm.root_events.sort_unstable();
+                rm.root_events.dedup();
+            }
+        }
         if let Some(rm) = remove {
             self.remove_filters(now, rm, out);
         }
@@ -360,13 +386,26 @@ impl SyncCore {
         state.managed = true;
         state.is_bootstrap = bootstrap;
         state.limit_overrides = limits.map(RelayLimits::sanitized);
+        let old_limits = state.limits;
         if let Some(o) = state.limit_overrides {
-            state.limits = o;
+            // On a live connection what was learned (NIP-11, refusals) still holds: the
+            // overrides only cap it. The next connect re-learns under the new overrides.
+            state.limits = if state.is_connected() {
+                cap_limits(state.limits, Some(o))
+            } else {
+                o
+            };
         }
+        let limits_changed = state.limits != old_limits;
         let was_suspended = std::mem::replace(&mut state.suspended, suspended);
         if suspended && !was_suspended && state.connection_status != ConnectionStatus::Disconnected
         {
             self.drop_connection(id, DisconnectReason::Suspended, out);
+        }
+        // New limits may leave more open than the budget allows (queued parts would never
+        // get a slot) or parts packed for more filters: re-plan within them.
+        if limits_changed && self.relays.get(&id).is_some_and(RelayState::is_connected) {
+            self.needs_consolidate.insert(id);
         }
         if self.targets.get(id).is_none() && state_target_empty_unset(self.relays.get(&id)) {
             if let Some(s) = self.relays.get_mut(&id) {

@@ -108,13 +108,21 @@ impl SyncCore {
         self.metric(id, MetricEvent::QuickReconnect, out);
         self.clear_pending(id, out);
         self.unsubscribe_all_if_open(id, out);
-        self.open_live(id, true, &[], &[], out);
+        // L1 and the confirmed items are packed together, as a consolidation would: opened
+        // apart, the items may not fit beside the L1 REQ.
+        let (repos, roots) = self.confirmed_items(id);
+        self.open_live(id, true, &repos, &roots, out);
         // An L1 history that never confirmed is redone whole, not just since the disconnect.
         let l1_since = self
             .relays
             .get(&id)
             .is_some_and(|s| s.layer1_confirmed)
             .then_some(since);
+        // Like the L2/L3 catch-up, layer 1 is not confirmed until its catch-up confirms: a
+        // catch-up cut short (consolidation, timeout, disconnect) is then redone whole.
+        if let Some(s) = self.relays.get_mut(&id) {
+            s.layer1_confirmed = false;
+        }
         self.start_batch(
             now,
             id,
@@ -123,8 +131,6 @@ impl SyncCore {
             l1_since,
             out,
         );
-        let (repos, roots) = self.confirmed_items(id);
-        self.open_live(id, false, &repos, &roots, out);
         let items = PendingItems {
             repos,
             root_events: roots,
@@ -227,6 +233,16 @@ impl SyncCore {
         out: &mut Vec<Command>,
     ) {
         let id = add.relay;
+        let mut add = add;
+        // A consolidation earlier in the same pass (by `remove_filters`) may have started
+        // these already: never request an item twice.
+        if let Some(p) = self.pending.get(&id) {
+            add.repos.retain(|r| !p.has_repo(*r));
+            add.root_events.retain(|r| !p.has_root(*r));
+        }
+        if add.repos.is_empty() && add.root_events.is_empty() {
+            return;
+        }
         let live = self.live.entry(id).or_default();
         let new_repos: Vec<RepoId> = add
             .repos
@@ -241,10 +257,17 @@ impl SyncCore {
             .copied()
             .collect();
         let open_live = live.subs.len();
-        let mergeable = live.item_subs() > 0;
+        // Any open live REQ can be repacked, the layer-1 one included: with only that one
+        // open, new items that do not fit beside it must still get a consolidation.
+        let mergeable = !live.subs.is_empty();
         if !new_repos.is_empty() || !new_roots.is_empty() {
             let budget = Budget::of(self.effective_limits(id));
-            let free = budget.live.saturating_sub(open_live);
+            // Historic parts may hold more than their share after the budget was lowered.
+            let active = self.pending.get(&id).map_or(0, |p| p.active.len());
+            let free = budget
+                .live
+                .saturating_sub(open_live)
+                .min(budget.max_subscriptions.saturating_sub(open_live + active));
             let need = filter_count(
                 false,
                 new_repos.len(),
@@ -271,7 +294,7 @@ impl SyncCore {
     /// without them (subscribe-before-unsubscribe when the budget allows, so no gap).
     pub(crate) fn remove_filters(
         &mut self,
-        _now: Millis,
+        now: Millis,
         rm: RemoveFilters,
         out: &mut Vec<Command>,
     ) {
@@ -333,6 +356,17 @@ impl SyncCore {
             })
             .collect();
         let plan = self.plan_live_fitting(id, layer1, &keep_repos, &keep_roots, unsubscribe.len());
+        let live_open = self.live.get(&id).map_or(0, |l| l.subs.len());
+        let free = budget
+            .live
+            .saturating_sub(live_open)
+            .min(budget.max_subscriptions.saturating_sub(open_now));
+        if plan.len() > free {
+            // The rebuilt REQs do not fit beside what stays open: repack everything instead
+            // (the UnsubscribeAll closes the affected REQs).
+            self.consolidate_id(now, id, out);
+            return;
+        }
         let overlap_fits = open_now + unsubscribe.len() + plan.len() <= budget.max_subscriptions;
         if !overlap_fits {
             out.extend(unsubscribe.iter().cloned());

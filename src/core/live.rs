@@ -39,14 +39,6 @@ impl LiveSet {
         self.roots.clear();
     }
 
-    /// Number of L2/L3 subscriptions (those a consolidation could merge).
-    pub fn item_subs(&self) -> usize {
-        self.subs
-            .values()
-            .filter(|s| !s.repos.is_empty() || !s.roots.is_empty())
-            .count()
-    }
-
     /// Whether the layer-1 live filter is open.
     pub fn has_layer1(&self) -> bool {
         self.subs.values().any(|s| s.layer1)

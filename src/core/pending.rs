@@ -168,12 +168,15 @@ impl RelayPending {
             dec(&mut self.roots, r);
         }
         self.queue.retain(|p| p.batch != id);
-        let subs: Vec<SubscriptionId> = self
+        let mut subs: Vec<SubscriptionId> = self
             .active
             .iter()
             .filter(|(_, a)| a.part.batch == id)
             .map(|(s, _)| s.clone())
             .collect();
+        // `active` is a HashMap: sort so the returned order (and the core's output) is
+        // deterministic.
+        subs.sort();
         for s in &subs {
             self.active.remove(s);
         }

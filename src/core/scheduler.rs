@@ -88,7 +88,12 @@ impl SyncCore {
         let Some(state) = self.relays.get(&id) else {
             return;
         };
-        if !state.is_connected() || state.health.in_cooldown(now) {
+        // A due consolidation clears pending and re-plans within the current limits: parts
+        // queued under older limits must not start before it.
+        if !state.is_connected()
+            || state.health.in_cooldown(now)
+            || self.needs_consolidate.contains(&id)
+        {
             return;
         }
         let budget = Budget::of(state.limits);
@@ -224,6 +229,12 @@ impl SyncCore {
         }
         if remaining.is_empty() {
             self.part_done(now, id, part.part.batch, out);
+            return;
+        }
+        if self.needs_consolidate.contains(&id) {
+            // The due consolidation re-plans the batch within the current limits: no next
+            // page under the old ones.
+            self.requeue(id, part.part);
             return;
         }
         let next = self.new_sub_id("h");
@@ -487,7 +498,7 @@ impl SyncCore {
                 self.needs_consolidate.insert(id);
             }
             RelayMessageClass::NegentropyUnsupported => {
-                let neg: Vec<SubscriptionId> = self
+                let mut neg: Vec<SubscriptionId> = self
                     .pending
                     .get(&id)
                     .map(|p| {
@@ -498,6 +509,8 @@ impl SyncCore {
                             .collect()
                     })
                     .unwrap_or_default();
+                // HashMap order is random per instance: sort for deterministic output.
+                neg.sort();
                 for sub in neg {
                     self.on_negentropy_done(now, url, &sub, NegentropyOutcome::Unsupported, out);
                 }
