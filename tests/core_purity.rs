@@ -42,5 +42,8 @@ fn core_modules_use_no_io_runtime_or_clock() {
         }
         checked += 1;
     }
-    assert!(checked >= 15, "expected the core's modules, found {checked}");
+    assert!(
+        checked >= 15,
+        "expected the core's modules, found {checked}"
+    );
 }
