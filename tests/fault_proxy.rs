@@ -1,0 +1,94 @@
+//! The fault proxy itself, against the embedded relay: traffic passes, frames can be dropped,
+//! a stall holds replies, a cut disconnects, and a refusal keeps the relay unreachable.
+
+mod support;
+
+use grasp_sync::relay::embedded::{EmbeddedRelay, EmbeddedRelayConfig};
+use nostr_sdk::prelude::*;
+use std::net::TcpListener;
+use std::time::Duration;
+use support::fault_proxy::FaultProxy;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_passes_drops_stalls_cuts_and_refuses() {
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port");
+    let dir = std::env::temp_dir().join(format!("grasp-sync-proxy-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let relay = EmbeddedRelay::start(EmbeddedRelayConfig::new(addr, dir.clone()))
+        .await
+        .expect("relay");
+    let proxy = FaultProxy::start(addr).await.expect("proxy");
+
+    let keys = Keys::generate();
+    let client = Client::default();
+    client.add_relay(proxy.url()).await.expect("add");
+    client.connect().await;
+    client.wait_for_connection(Duration::from_secs(5)).await;
+    let note = EventBuilder::text_note("through the proxy")
+        .sign_with_keys(&keys)
+        .expect("sign");
+    client
+        .send_event(&note)
+        .await
+        .expect("publish through proxy");
+    let filter = Filter::new().id(note.id);
+    let got = client
+        .fetch_events(filter.clone(), Duration::from_secs(5))
+        .await
+        .expect("fetch");
+    assert_eq!(got.len(), 1, "traffic passes");
+
+    // Drop the relay's next two frames (EVENT and EOSE): the fetch times out empty.
+    proxy.drop_next_frames(2);
+    let got = client
+        .fetch_events(filter.clone(), Duration::from_millis(800))
+        .await;
+    assert!(
+        got.map(|e| e.is_empty()).unwrap_or(true),
+        "dropped frames never arrive"
+    );
+
+    // Stall: nothing comes back until released.
+    proxy.stall(true);
+    let stalled = client
+        .fetch_events(filter.clone(), Duration::from_millis(500))
+        .await;
+    assert!(
+        stalled.map(|e| e.is_empty()).unwrap_or(true),
+        "a stall holds the reply"
+    );
+    proxy.stall(false);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // Cut while refusing: the relay becomes unreachable through the proxy.
+    let relay_handle = client.relay(proxy.url()).await.expect("relay handle");
+    proxy.refuse(true);
+    proxy.cut();
+    let mut disconnected = false;
+    for _ in 0..50 {
+        if !relay_handle.is_connected() {
+            disconnected = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(disconnected, "a cut disconnects the client");
+    let accepted_before = proxy.accepted();
+    proxy.refuse(false);
+    let mut back = false;
+    for _ in 0..100 {
+        if relay_handle.is_connected() {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(back, "the client reconnects once the proxy lets it");
+    assert!(proxy.accepted() > accepted_before);
+
+    client.disconnect().await;
+    relay.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+}
