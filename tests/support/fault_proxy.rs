@@ -169,7 +169,7 @@ impl FrameFilter {
         }
         while let Some(len) = frame_len(&self.pending) {
             let frame: Vec<u8> = self.pending.drain(..len).collect();
-            let data_frame = matches!(frame[0] & 0x0f, 0x0 | 0x1 | 0x2);
+            let data_frame = matches!(frame[0] & 0x0f, 0x0..=0x2);
             let dropped = data_frame
                 && drop_budget
                     .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
