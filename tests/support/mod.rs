@@ -1,3 +1,5 @@
-//! Test support shared by the relay-level integration tests.
+//! Test support shared by the relay-level integration tests. Each test crate uses a subset.
+#![allow(dead_code)]
 
 pub mod fault_proxy;
+pub mod py_relays;
