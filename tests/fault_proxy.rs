@@ -75,20 +75,46 @@ async fn proxy_passes_drops_stalls_cuts_and_refuses() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(disconnected, "a cut disconnects the client");
+    // While refusing, a fresh websocket upgrade gets no answer; once allowed, it does.
+    assert_eq!(
+        upgrade_status(&proxy).await,
+        None,
+        "a refusing proxy keeps the relay unreachable"
+    );
     let accepted_before = proxy.accepted();
     proxy.refuse(false);
-    let mut back = false;
-    for _ in 0..100 {
-        if relay_handle.is_connected() {
-            back = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(back, "the client reconnects once the proxy lets it");
+    let status = upgrade_status(&proxy)
+        .await
+        .expect("reachable again once the proxy lets it");
+    assert!(status.starts_with("HTTP/1.1 101"), "{status}");
     assert!(proxy.accepted() > accepted_before);
 
     client.disconnect().await;
     relay.shutdown();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Sends a websocket upgrade through the proxy; the status line, or `None` if the connection
+/// closed without one.
+async fn upgrade_status(proxy: &FaultProxy) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = proxy.url().trim_start_matches("ws://").to_string();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.ok()?;
+    let request = format!(
+        "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut buf = [0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    (n > 0).then(|| {
+        String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    })
 }
