@@ -7,4 +7,5 @@
 pub mod dedup;
 pub mod embedded;
 pub mod forward;
+pub mod own;
 pub mod ssrf;

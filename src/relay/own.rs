@@ -1,0 +1,196 @@
+//! The client of our own relay: publishing forwarded events (with `OK false` classified),
+//! the item set our relay holds for a filter (what negentropy reconciles against), and the
+//! self-subscriber that feeds the core's RepoSyncIndex.
+
+use super::forward::OkRejection;
+use crate::core::nip34::SELF_SUBSCRIBER_KINDS;
+use crate::core::url::RelayUrl;
+use nostr::{Event, EventId, Filter, Kind, RelayMessage, SubscriptionId, Timestamp};
+use nostr_sdk::{Client, RelayPoolNotification};
+use std::time::Duration;
+use thiserror::Error;
+use tokio::sync::mpsc;
+
+/// Why talking to our relay failed.
+#[derive(Debug, Error)]
+pub enum OwnRelayError {
+    /// The URL was refused by the client.
+    #[error("cannot use {url} as our relay: {message}")]
+    Url {
+        /// The URL.
+        url: RelayUrl,
+        /// Why.
+        message: String,
+    },
+    /// A request failed (not connected, timed out, …).
+    #[error("our relay {url}: {message}")]
+    Request {
+        /// The URL.
+        url: RelayUrl,
+        /// Why.
+        message: String,
+    },
+}
+
+/// What became of one published event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublishOutcome {
+    /// `OK true`, or `OK false` with `duplicate:` (already stored).
+    Stored,
+    /// `OK false` for another reason.
+    Rejected(OkRejection, String),
+    /// No answer (disconnected, timeout): the event must be offered again.
+    Failed(String),
+}
+
+/// A connection to our relay.
+#[derive(Debug, Clone)]
+pub struct OwnRelayClient {
+    client: Client,
+    url: RelayUrl,
+}
+
+impl OwnRelayClient {
+    /// Connects (and keeps reconnecting) to our relay.
+    pub async fn connect(url: &RelayUrl, wait: Duration) -> Result<Self, OwnRelayError> {
+        let client = Client::default();
+        client
+            .add_relay(url.as_str())
+            .await
+            .map_err(|e| OwnRelayError::Url {
+                url: url.clone(),
+                message: e.to_string(),
+            })?;
+        client.connect().await;
+        client.wait_for_connection(wait).await;
+        Ok(OwnRelayClient {
+            client,
+            url: url.clone(),
+        })
+    }
+
+    /// Our relay's URL.
+    pub fn url(&self) -> &RelayUrl {
+        &self.url
+    }
+
+    /// Publishes one event and classifies the answer.
+    pub async fn publish(&self, event: &Event) -> PublishOutcome {
+        match self.client.send_event(event).await {
+            Ok(out) if out.success.is_empty() => match out.failed.values().next() {
+                Some(message) => {
+                    let class = OkRejection::classify(message);
+                    if class == OkRejection::Duplicate {
+                        PublishOutcome::Stored
+                    } else if message.contains(':') {
+                        PublishOutcome::Rejected(class, message.clone())
+                    } else {
+                        // No machine-readable prefix: a transport failure, not a verdict.
+                        PublishOutcome::Failed(message.clone())
+                    }
+                }
+                None => PublishOutcome::Failed("no relay answered".into()),
+            },
+            Ok(_) => PublishOutcome::Stored,
+            Err(e) => PublishOutcome::Failed(e.to_string()),
+        }
+    }
+
+    /// `(id, created_at)` of every event our relay holds for `filter`: the local side of a
+    /// negentropy reconciliation.
+    pub async fn local_items(
+        &self,
+        filter: Filter,
+        timeout: Duration,
+    ) -> Result<Vec<(EventId, Timestamp)>, OwnRelayError> {
+        let events = self
+            .client
+            .fetch_events(filter, timeout)
+            .await
+            .map_err(|e| OwnRelayError::Request {
+                url: self.url.clone(),
+                message: e.to_string(),
+            })?;
+        Ok(events.iter().map(|e| (e.id, e.created_at)).collect())
+    }
+
+    /// Starts the self-subscriber: kinds 30617, 1617, 1618 and 1621 since `since`, every
+    /// matching event (re-deliveries included) sent to the returned channel. nostr-sdk re-sends
+    /// the REQ on reconnect (from the original `since`, so nothing is missed); once traffic
+    /// resumes after a reconnect the REQ is narrowed to `last seen − margin`.
+    pub async fn self_subscribe(
+        &self,
+        since: Option<Timestamp>,
+        margin: Duration,
+        buffer: usize,
+    ) -> Result<mpsc::Receiver<Event>, OwnRelayError> {
+        let (tx, rx) = mpsc::channel(buffer.max(1));
+        let client = self.client.clone();
+        let url = self.url.clone();
+        let mut notifications = client.notifications();
+        let sub = SubscriptionId::new("grasp-sync-self");
+        subscribe_self(&client, &sub, since)
+            .await
+            .map_err(|message| OwnRelayError::Request { url, message })?;
+        tokio::spawn(async move {
+            let mut last_seen = since;
+            let mut was_connected = true;
+            loop {
+                let note = match notifications.recv().await {
+                    Ok(n) => n,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(_) => return,
+                };
+                match note {
+                    RelayPoolNotification::Message {
+                        message:
+                            RelayMessage::Event {
+                                subscription_id,
+                                event,
+                            },
+                        ..
+                    } if *subscription_id == sub => {
+                        let event = event.into_owned();
+                        last_seen =
+                            Some(last_seen.map_or(event.created_at, |t| t.max(event.created_at)));
+                        if tx.send(event).await.is_err() {
+                            return;
+                        }
+                    }
+                    RelayPoolNotification::Shutdown => return,
+                    _ => {}
+                }
+                let connected = client.relays().await.values().any(|r| r.is_connected());
+                if connected && !was_connected {
+                    let resume = last_seen.map(|t| {
+                        Timestamp::from_secs(t.as_secs().saturating_sub(margin.as_secs()))
+                    });
+                    let _ = subscribe_self(&client, &sub, resume).await;
+                }
+                was_connected = connected;
+            }
+        });
+        Ok(rx)
+    }
+
+    /// Closes the connection.
+    pub async fn shutdown(&self) {
+        self.client.shutdown().await;
+    }
+}
+
+async fn subscribe_self(
+    client: &Client,
+    sub: &SubscriptionId,
+    since: Option<Timestamp>,
+) -> Result<(), String> {
+    let mut filter = Filter::new().kinds(SELF_SUBSCRIBER_KINDS.iter().map(|k| Kind::Custom(*k)));
+    if let Some(s) = since {
+        filter = filter.since(s);
+    }
+    client
+        .subscribe_with_id(sub.clone(), filter, None)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
