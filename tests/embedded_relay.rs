@@ -1,23 +1,12 @@
 //! The embedded relay, over real websockets on 127.0.0.1: its write policy keeps only
 //! announcements that list it, it speaks NIP-77, and its LMDB store survives a restart.
 
+mod support;
+
 use grasp_sync::relay::embedded::{EmbeddedRelay, EmbeddedRelayConfig};
 use nostr_sdk::prelude::*;
-use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
 use std::time::Duration;
-
-fn free_addr() -> SocketAddr {
-    // LocalRelay does not report the port it bound to 0, so pick one first.
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-    l.local_addr().expect("local addr")
-}
-
-fn data_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("grasp-sync-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
+use support::bed::{announcement, free_addr, scratch_dir};
 
 async fn client_for(url: &str) -> Client {
     let client = Client::default();
@@ -27,20 +16,10 @@ async fn client_for(url: &str) -> Client {
     client
 }
 
-fn announcement(keys: &Keys, d: &str, relays: &[&str]) -> Event {
-    EventBuilder::new(Kind::Custom(30617), "")
-        .tags([
-            Tag::identifier(d),
-            Tag::custom(TagKind::custom("relays"), relays.iter().copied()),
-        ])
-        .sign_with_keys(keys)
-        .expect("sign")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_negentropy_and_restart() {
     let addr = free_addr();
-    let dir = data_dir("embedded");
+    let dir = scratch_dir("embedded");
     let relay = EmbeddedRelay::start(EmbeddedRelayConfig::new(addr, dir.clone()))
         .await
         .expect("embedded relay starts");

@@ -3,22 +3,16 @@
 
 mod support;
 
-use grasp_sync::relay::embedded::{EmbeddedRelay, EmbeddedRelayConfig};
 use nostr_sdk::prelude::*;
-use std::net::TcpListener;
 use std::time::Duration;
+use support::bed::{embedded_relay, scratch_dir};
 use support::fault_proxy::FaultProxy;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_passes_drops_stalls_cuts_and_refuses() {
-    let addr = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port");
-    let dir = std::env::temp_dir().join(format!("grasp-sync-proxy-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let relay = EmbeddedRelay::start(EmbeddedRelayConfig::new(addr, dir.clone()))
-        .await
-        .expect("relay");
+    let dir = scratch_dir("proxy");
+    let relay = embedded_relay(&dir).await;
+    let addr = relay.addr();
     let proxy = FaultProxy::start(addr).await.expect("proxy");
 
     let keys = Keys::generate();

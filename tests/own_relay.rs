@@ -1,23 +1,14 @@
 //! The own-relay client against the embedded relay over loopback: publishing with `OK false`
 //! classified, the self-subscriber's stream, and the local item set for negentropy.
 
-use grasp_sync::relay::embedded::{EmbeddedRelay, EmbeddedRelayConfig};
+mod support;
+
 use grasp_sync::relay::forward::OkRejection;
 use grasp_sync::relay::own::{OwnRelayClient, PublishOutcome};
-use nostr::{Event, EventBuilder, Filter, Keys, Kind, Tag, TagKind};
-use std::net::TcpListener;
+use nostr::{Event, EventBuilder, Filter, Keys, Kind, Tag};
 use std::time::Duration;
+use support::bed::{announcement, embedded_relay, scratch_dir};
 use tokio::sync::mpsc::Receiver;
-
-fn announcement(keys: &Keys, d: &str, relays: &[&str]) -> Event {
-    EventBuilder::new(Kind::Custom(30617), "")
-        .tags([
-            Tag::identifier(d),
-            Tag::custom(TagKind::custom("relays"), relays.iter().copied()),
-        ])
-        .sign_with_keys(keys)
-        .expect("sign")
-}
 
 async fn next(rx: &mut Receiver<Event>) -> Event {
     tokio::time::timeout(Duration::from_secs(5), rx.recv())
@@ -28,14 +19,8 @@ async fn next(rx: &mut Receiver<Event>) -> Event {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_subscribe_and_local_items() {
-    let addr = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port");
-    let dir = std::env::temp_dir().join(format!("grasp-sync-own-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let relay = EmbeddedRelay::start(EmbeddedRelayConfig::new(addr, dir.clone()))
-        .await
-        .expect("relay");
+    let dir = scratch_dir("own");
+    let relay = embedded_relay(&dir).await;
     let own = OwnRelayClient::connect(relay.url(), Duration::from_secs(5))
         .await
         .expect("connect");

@@ -84,14 +84,7 @@ impl SyncCore {
         }
         self.unsubscribe_all_if_open(id, out);
         self.open_live(id, true, &[], &[], out);
-        self.start_batch(
-            now,
-            id,
-            BatchKind::Layer1,
-            PendingItems::default(),
-            None,
-            out,
-        );
+        self.start_layer1(now, id, None, out);
         self.schedule_daily(now, id);
         self.compute_and_sync(now, id, out);
     }
@@ -123,14 +116,7 @@ impl SyncCore {
         if let Some(s) = self.relays.get_mut(&id) {
             s.layer1_confirmed = false;
         }
-        self.start_batch(
-            now,
-            id,
-            BatchKind::Layer1,
-            PendingItems::default(),
-            l1_since,
-            out,
-        );
+        self.start_layer1(now, id, l1_since, out);
         let items = PendingItems {
             repos,
             root_events: roots,
@@ -189,14 +175,7 @@ impl SyncCore {
         };
         self.start_batch(now, id, BatchKind::NewItems, items, None, out);
         if self.relays.get(&id).is_some_and(|s| !s.layer1_confirmed) {
-            self.start_batch(
-                now,
-                id,
-                BatchKind::Layer1,
-                PendingItems::default(),
-                None,
-                out,
-            );
+            self.start_layer1(now, id, None, out);
         }
     }
 
@@ -557,6 +536,24 @@ impl SyncCore {
                 purpose: SubPurpose::Live,
             });
         }
+    }
+
+    /// Layer-1 history (announcements and repo state), optionally since a time.
+    fn start_layer1(
+        &mut self,
+        now: Millis,
+        id: RelayId,
+        since: Option<Timestamp>,
+        out: &mut Vec<Command>,
+    ) {
+        self.start_batch(
+            now,
+            id,
+            BatchKind::Layer1,
+            PendingItems::default(),
+            since,
+            out,
+        );
     }
 
     fn schedule_daily(&mut self, now: Millis, id: RelayId) {

@@ -132,6 +132,7 @@ impl WritePolicy for AnnouncementPolicy {
 pub struct EmbeddedRelay {
     relay: LocalRelay,
     url: RelayUrl,
+    addr: SocketAddr,
 }
 
 impl EmbeddedRelay {
@@ -161,12 +162,21 @@ impl EmbeddedRelay {
             listen: config.listen,
             message: e.to_string(),
         })?;
-        Ok(EmbeddedRelay { relay, url })
+        Ok(EmbeddedRelay {
+            relay,
+            url,
+            addr: config.listen,
+        })
     }
 
     /// The relay's URL.
     pub fn url(&self) -> &RelayUrl {
         &self.url
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     /// Stops accepting connections and closes the store.

@@ -4,7 +4,8 @@
 //!
 //! Each runs on a free 127.0.0.1 port and is killed when its handle drops.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use super::bed::free_addr;
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -31,12 +32,6 @@ fn venv() -> PathBuf {
     std::env::var_os("GRASP_SYNC_VENV")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target/venv"))
-}
-
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free loopback port")
 }
 
 impl PyRelay {
