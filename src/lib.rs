@@ -3,9 +3,11 @@
 //! - [`core`]: the pure sync algorithm (indexes, compute_actions, lifecycle, health).
 //! - [`api`]: resource shapes (SyncRelay, RelayAllowlist) and allowlist matching.
 //! - [`config`]: configuration files.
-//! - [`relay`]: the relay shell (SSRF guard, forwarding checks).
+//! - [`relay`]: the relay shell (SSRF guard, forwarding checks, embedded relay, own-relay client).
+//! - [`engine`]: the mode-neutral engine task that drives the core.
 
 pub mod api;
 pub mod config;
 pub mod core;
+pub mod engine;
 pub mod relay;
