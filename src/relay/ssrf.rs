@@ -185,3 +185,68 @@ mod tests {
         assert_eq!(check_resolved(&[], true), Err(SsrfError::NoAddress));
     }
 }
+
+/// Resolves a relay URL's host and checks every address before any connection is made.
+/// Returns the addresses to dial; connecting to exactly these (not re-resolving) closes the
+/// DNS-rebinding gap between check and use.
+pub async fn resolve_checked(
+    url: &crate::core::url::RelayUrl,
+    allow_private: bool,
+) -> Result<Vec<std::net::SocketAddr>, SsrfError> {
+    let host = url.host().trim_start_matches('[').trim_end_matches(']');
+    let addrs: Vec<std::net::SocketAddr> = match host.parse::<IpAddr>() {
+        Ok(ip) => vec![std::net::SocketAddr::new(ip, url.port())],
+        Err(_) => tokio::net::lookup_host((host, url.port()))
+            .await
+            .map_err(|_| SsrfError::NoAddress)?
+            .collect(),
+    };
+    let ips: Vec<IpAddr> = addrs.iter().map(|a| a.ip()).collect();
+    check_resolved(&ips, allow_private)?;
+    Ok(addrs)
+}
+
+#[cfg(test)]
+mod resolve_tests {
+    use super::*;
+    use crate::core::url::RelayUrl;
+
+    fn url(s: &str) -> RelayUrl {
+        RelayUrl::parse(s).expect("valid")
+    }
+
+    #[tokio::test]
+    async fn literals_and_localhost_are_checked_before_connecting() {
+        for u in [
+            "ws://127.0.0.1:7000",
+            "ws://[::1]:7000",
+            "ws://10.0.0.5",
+            "wss://169.254.169.254",
+        ] {
+            let err = resolve_checked(&url(u), false).await.expect_err(u);
+            assert!(matches!(err, SsrfError::Forbidden { .. }), "{u}: {err}");
+        }
+        // `localhost` resolves locally (no network) and is refused by address, not by name.
+        let err = resolve_checked(&url("ws://localhost:7000"), false)
+            .await
+            .expect_err("localhost refused");
+        assert!(
+            matches!(
+                err,
+                SsrfError::Forbidden {
+                    class: AddressClass::Loopback,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let ok = resolve_checked(&url("ws://127.0.0.1:7000"), true)
+            .await
+            .expect("allowed");
+        assert_eq!(ok, vec!["127.0.0.1:7000".parse().expect("addr")]);
+        let public = resolve_checked(&url("wss://1.1.1.1"), false)
+            .await
+            .expect("public literal");
+        assert_eq!(public[0].port(), 443);
+    }
+}
