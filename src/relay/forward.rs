@@ -146,12 +146,8 @@ mod tests {
             .expect("sign")
     }
 
-    fn l2_filter(repo: &str) -> Filter {
-        Filter::new().custom_tag(nostr::SingleLetterTag::lowercase(nostr::Alphabet::A), repo)
-    }
-
-    #[test]
-    fn admits_a_valid_requested_event_once() {
+    /// A fresh key, its repo ref, and a signed issue (1621) tagging that repo.
+    fn issue_for_new_repo() -> (Keys, String, Event) {
         let keys = Keys::generate();
         let repo = format!("30617:{}:r", keys.public_key().to_hex());
         let ev = signed(
@@ -159,6 +155,16 @@ mod tests {
             1621,
             vec![Tag::parse(["a", repo.as_str()]).expect("tag")],
         );
+        (keys, repo, ev)
+    }
+
+    fn l2_filter(repo: &str) -> Filter {
+        Filter::new().custom_tag(nostr::SingleLetterTag::lowercase(nostr::Alphabet::A), repo)
+    }
+
+    #[test]
+    fn admits_a_valid_requested_event_once() {
+        let (_, repo, ev) = issue_for_new_repo();
         let mut recent = RecentIds::new(100);
         let len = ev.as_json().len();
         let filters = [l2_filter(&repo).limit(0)];
@@ -171,13 +177,7 @@ mod tests {
 
     #[test]
     fn refuses_unrequested_oversized_and_forged_events() {
-        let keys = Keys::generate();
-        let repo = format!("30617:{}:r", keys.public_key().to_hex());
-        let ev = signed(
-            &keys,
-            1621,
-            vec![Tag::parse(["a", repo.as_str()]).expect("tag")],
-        );
+        let (keys, repo, ev) = issue_for_new_repo();
         let mut recent = RecentIds::new(100);
         let other = [l2_filter("30617:00:other")];
         assert_eq!(
