@@ -10,4 +10,6 @@ pub mod api;
 pub mod config;
 pub mod core;
 pub mod engine;
+pub mod k8s;
+pub mod observe;
 pub mod relay;

@@ -1,28 +1,11 @@
-//! The `grasp-sync` binary: subcommands over the library.
+//! The `grasp-sync` binary: parses the command line (see `cli.rs`) and runs one role.
 
-use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+mod cli;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use cli::{Cli, Command};
 use grasp_sync::config;
-use std::path::PathBuf;
-
-/// Keeps a GRASP git relay in sync with the other Nostr relays its repositories list.
-#[derive(Debug, Parser)]
-#[command(name = "grasp-sync", version, about)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Validate the `kind: Settings` document of a config file and print the effective
-    /// settings (defaults filled in) as YAML.
-    Settings {
-        /// Multi-document YAML config; without it, the defaults are printed.
-        #[arg(long)]
-        config: Option<PathBuf>,
-    },
-}
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -39,6 +22,12 @@ fn main() -> Result<()> {
             };
             print!("{}", serde_yaml::to_string(&settings)?);
         }
+        Command::Run(_)
+        | Command::Controller(_)
+        | Command::Worker(_)
+        | Command::Relay(_)
+        | Command::Crd
+        | Command::Status(_) => bail!("not implemented yet"),
     }
     Ok(())
 }
