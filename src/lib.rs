@@ -13,3 +13,4 @@ pub mod engine;
 pub mod k8s;
 pub mod observe;
 pub mod relay;
+pub mod standalone;

@@ -188,6 +188,25 @@ impl RelayUrl {
     }
 }
 
+impl RelayUrl {
+    /// `host[:port]` as sent in an HTTP `Host` header (the port only when explicit).
+    pub fn host_port(&self) -> &str {
+        let after = self.0.split_once("://").map_or(&*self.0, |(_, r)| r);
+        let end = after.find(['/', '?']).unwrap_or(after.len());
+        &after[..end]
+    }
+
+    /// The path and query, `/` when empty.
+    pub fn path_and_query(&self) -> &str {
+        let after = self.0.split_once("://").map_or(&*self.0, |(_, r)| r);
+        match after.find(['/', '?']) {
+            Some(i) if after[i..].starts_with('/') => &after[i..],
+            Some(i) => &after[i..],
+            None => "/",
+        }
+    }
+}
+
 impl fmt::Display for RelayUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

@@ -19,6 +19,7 @@ pub trait CommandSink: Send + 'static {
 
 enum EngineMsg {
     Input(Input),
+    Stop,
     Summaries(oneshot::Sender<Vec<RelaySummary>>),
     Stats(oneshot::Sender<CoreStats>),
 }
@@ -57,6 +58,11 @@ impl EngineHandle {
             .await
             .map_err(|_| EngineStopped)?;
         rx.await.map_err(|_| EngineStopped)
+    }
+
+    /// Stops the engine (its sink may hold handles, so dropping them all is not enough).
+    pub async fn stop(&self) {
+        let _ = self.tx.send(EngineMsg::Stop).await;
     }
 
     /// The core's counters.
@@ -99,14 +105,37 @@ pub fn wall_clock() -> Millis {
     Millis(ms)
 }
 
+/// The receiving end of an engine's queue, made before the engine so that its sink (the relay
+/// sessions, which report back through the handle) can be built first.
+#[derive(Debug)]
+pub struct EngineInbox {
+    rx: mpsc::Receiver<EngineMsg>,
+}
+
+/// A handle and the queue it feeds.
+pub fn engine_channel(queue: usize) -> (EngineHandle, EngineInbox) {
+    let (tx, rx) = mpsc::channel::<EngineMsg>(queue.max(1));
+    (EngineHandle { tx }, EngineInbox { rx })
+}
+
 /// Starts the engine task. It stops when every handle is dropped, returning the core.
 pub fn spawn_engine<S: CommandSink>(
-    mut core: SyncCore,
-    mut sink: S,
+    core: SyncCore,
+    sink: S,
     queue: usize,
 ) -> (EngineHandle, JoinHandle<SyncCore>) {
-    let (tx, mut rx) = mpsc::channel::<EngineMsg>(queue.max(1));
-    let task = tokio::spawn(async move {
+    let (handle, inbox) = engine_channel(queue);
+    (handle, run_engine(core, sink, inbox))
+}
+
+/// Starts the engine task on a queue made by [`engine_channel`].
+pub fn run_engine<S: CommandSink>(
+    mut core: SyncCore,
+    mut sink: S,
+    inbox: EngineInbox,
+) -> JoinHandle<SyncCore> {
+    let mut rx = inbox.rx;
+    tokio::spawn(async move {
         // Start timers (reaper, connects for bootstrap relays) right away.
         for c in core.handle(wall_clock(), Input::Tick) {
             sink.execute(c);
@@ -119,7 +148,7 @@ pub fn spawn_engine<S: CommandSink>(
                 .unwrap_or(Duration::from_secs(60));
             let input = tokio::select! {
                 msg = rx.recv() => match msg {
-                    None => break,
+                    None | Some(EngineMsg::Stop) => break,
                     Some(EngineMsg::Input(input)) => input,
                     Some(EngineMsg::Summaries(reply)) => {
                         let _ = reply.send(core.relay_summaries());
@@ -139,6 +168,5 @@ pub fn spawn_engine<S: CommandSink>(
             }
         }
         core
-    });
-    (EngineHandle { tx }, task)
+    })
 }

@@ -330,9 +330,7 @@ impl Metrics {
 
 /// The `{method}` label of a sync method.
 pub fn method(m: SyncMethod) -> MethodLabel {
-    MethodLabel {
-        method: m.label(),
-    }
+    MethodLabel { method: m.label() }
 }
 
 #[cfg(test)]

@@ -1,4 +1,6 @@
 //! Observability: Prometheus metrics, the HTTP endpoints (/metrics, /livez, /readyz, /status)
 //! and the `kubectl get syncrelays`-style table.
 
+pub mod http;
 pub mod metrics;
+pub mod table;

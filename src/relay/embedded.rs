@@ -9,10 +9,16 @@ use nostr::{Event, Kind};
 use nostr_lmdb::NostrLMDB;
 use nostr_relay_builder::builder::{PolicyResult, RateLimit, RelayBuilder, WritePolicy};
 use nostr_relay_builder::LocalRelay;
+use nostr_sdk::prelude::NostrDatabase;
 use nostr_sdk::util::BoxedFuture;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use thiserror::Error;
+
+/// Events a REQ without `limit` returns. The self-subscriber's first read must see every
+/// announcement and root event.
+pub const DEFAULT_FILTER_LIMIT: usize = 5_000_000;
 
 /// How to run the embedded relay.
 #[derive(Debug, Clone)]
@@ -131,6 +137,7 @@ impl WritePolicy for AnnouncementPolicy {
 #[derive(Debug)]
 pub struct EmbeddedRelay {
     relay: LocalRelay,
+    store: Arc<dyn NostrDatabase>,
     url: RelayUrl,
     addr: SocketAddr,
 }
@@ -146,12 +153,16 @@ impl EmbeddedRelay {
             path: config.data_dir.clone(),
             message: e.to_string(),
         })?;
+        let store: Arc<dyn NostrDatabase> = Arc::new(store);
         let own = config.own_relay()?;
         let url = config.listen_url()?;
         let builder = RelayBuilder::default()
             .addr(config.listen.ip())
             .port(config.listen.port())
-            .database(store)
+            .database(store.clone())
+            // The builder's default caps a REQ without `limit` at 500 events, which would cut
+            // the self-subscriber's first read of announcements and roots short.
+            .default_filter_limit(DEFAULT_FILTER_LIMIT)
             .rate_limit(RateLimit {
                 max_reqs: config.max_reqs,
                 notes_per_minute: config.notes_per_minute,
@@ -164,9 +175,15 @@ impl EmbeddedRelay {
         })?;
         Ok(EmbeddedRelay {
             relay,
+            store,
             url,
             addr: config.listen,
         })
+    }
+
+    /// The store, for reading exact negentropy item sets without a round trip.
+    pub fn store(&self) -> Arc<dyn NostrDatabase> {
+        self.store.clone()
     }
 
     /// The relay's URL.

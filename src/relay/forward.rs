@@ -76,6 +76,33 @@ pub fn admit(
     Ok(())
 }
 
+/// The per-session part of [`admit`]: size, filter match, id, signature. Deduplication happens
+/// in the forwarder, across sessions, after this passed (so a forged copy never enters the
+/// dedup set).
+pub fn check(
+    event: &Event,
+    raw_len: usize,
+    filters: &[Filter],
+    max_size: usize,
+) -> Result<(), Reject> {
+    if raw_len > max_size {
+        return Err(Reject::TooLarge);
+    }
+    if !filters
+        .iter()
+        .any(|f| f.match_event(event, MatchEventOptions::new()))
+    {
+        return Err(Reject::Unrequested);
+    }
+    if !event.verify_id() {
+        return Err(Reject::InvalidId);
+    }
+    if !event.verify_signature() {
+        return Err(Reject::InvalidSignature);
+    }
+    Ok(())
+}
+
 /// Category of our relay's `OK false` message (NIP-01 machine-readable prefixes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum OkRejection {

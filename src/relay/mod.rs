@@ -1,11 +1,17 @@
 //! The relay shell: what talks to remote relays and to our relay.
 //!
-//! So far: the SSRF guard, the bounded dedup set, the forwarding checks, and the embedded
-//! relay (our relay when none is configured).
-//! The per-relay session actors (nostr-sdk) arrive with the relay-session issue.
+//! Remote relays are spoken to over a raw websocket (`wire`, `session`): nostr-sdk's pool
+//! drops invalid or unrequested events before we could count them, takes one filter per REQ,
+//! and re-resolves DNS after our SSRF check. Our own relay (and the embedded one) use
+//! nostr-sdk (`own`, `embedded`).
 
 pub mod dedup;
 pub mod embedded;
 pub mod forward;
+pub mod forwarder;
+pub mod negentropy;
 pub mod own;
+pub mod pool;
+pub mod session;
 pub mod ssrf;
+pub mod wire;

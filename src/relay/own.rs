@@ -22,6 +22,9 @@ pub enum OwnRelayError {
         /// Why.
         message: String,
     },
+    /// The embedded store failed.
+    #[error("our relay's store: {0}")]
+    Store(String),
     /// A request failed (not connected, timed out, …).
     #[error("our relay {url}: {message}")]
     Request {
@@ -41,6 +44,52 @@ pub enum PublishOutcome {
     Rejected(OkRejection, String),
     /// No answer (disconnected, timeout): the event must be offered again.
     Failed(String),
+}
+
+/// Where the local side of a negentropy reconciliation is read from.
+#[derive(Clone)]
+pub enum LocalSet {
+    /// The embedded relay's store: exact, no round trip.
+    Store(std::sync::Arc<dyn nostr_sdk::prelude::NostrDatabase>),
+    /// Our relay over the wire (a REQ with a high `limit`; a relay that caps it makes
+    /// negentropy download a few events twice, never miss one).
+    Relay(OwnRelayClient),
+}
+
+impl std::fmt::Debug for LocalSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LocalSet::Store(_) => f.write_str("LocalSet::Store"),
+            LocalSet::Relay(c) => write!(f, "LocalSet::Relay({})", c.url()),
+        }
+    }
+}
+
+/// `limit` asked of our relay for a local item set.
+const LOCAL_ITEMS_LIMIT: usize = 5_000_000;
+
+impl LocalSet {
+    /// `(id, created_at)` of every event our relay holds for `filter`.
+    pub async fn items(
+        &self,
+        filter: Filter,
+        timeout: Duration,
+    ) -> Result<Vec<(EventId, Timestamp)>, OwnRelayError> {
+        match self {
+            LocalSet::Store(db) => db
+                .negentropy_items(filter)
+                .await
+                .map_err(|e| OwnRelayError::Store(e.to_string())),
+            LocalSet::Relay(client) => {
+                let filter = if filter.limit.is_none() {
+                    filter.limit(LOCAL_ITEMS_LIMIT)
+                } else {
+                    filter
+                };
+                client.local_items(filter, timeout).await
+            }
+        }
+    }
 }
 
 /// A connection to our relay.

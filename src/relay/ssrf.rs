@@ -53,6 +53,16 @@ pub enum SsrfError {
     NoAddress,
 }
 
+impl SsrfError {
+    /// A stable label for metrics: the address class, or `no_address`.
+    pub fn class_label(&self) -> &'static str {
+        match self {
+            SsrfError::Forbidden { class, .. } => class.label(),
+            SsrfError::NoAddress => "no_address",
+        }
+    }
+}
+
 fn classify_v4(ip: Ipv4Addr) -> Option<AddressClass> {
     let [a, b, c, _] = ip.octets();
     if ip.is_unspecified() || a == 0 {

@@ -1,0 +1,281 @@
+//! One NIP-77 reconciliation as the initiator, without I/O: built from our relay's item set for
+//! the filter, it turns each NEG-MSG into the next message, collects the ids we lack, then
+//! plans their download in chunks and checks that every requested id arrived.
+
+use nostr::{EventId, Filter, Timestamp};
+use std::collections::{HashSet, VecDeque};
+
+/// Largest negentropy frame we send (hex doubles it on the wire).
+pub const FRAME_LIMIT: u64 = 60_000;
+
+/// Why a reconciliation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NegError {
+    /// The protocol library refused a message.
+    #[error("negentropy: {0}")]
+    Protocol(String),
+    /// The relay sent text that is not hex.
+    #[error("negentropy message is not hex")]
+    NotHex,
+}
+
+/// What to do after a NEG-MSG.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NegStep {
+    /// Send this NEG-MSG (hex).
+    Send(String),
+    /// Reconciliation finished: send NEG-CLOSE and fetch `need`.
+    Finished,
+}
+
+/// The initiator's side of one session.
+pub struct Reconciler {
+    neg: negentropy::Negentropy<'static, negentropy::NegentropyStorageVector>,
+    need: Vec<EventId>,
+    /// Whether any NEG-MSG arrived (a relay without NIP-77 never answers).
+    pub replied: bool,
+    /// Bytes exchanged, both directions.
+    pub bytes: u64,
+}
+
+impl std::fmt::Debug for Reconciler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reconciler")
+            .field("need", &self.need.len())
+            .finish()
+    }
+}
+
+fn protocol(e: negentropy::Error) -> NegError {
+    NegError::Protocol(e.to_string())
+}
+
+impl Reconciler {
+    /// Builds the local set and the initial message (hex) for NEG-OPEN.
+    pub fn start(local: &[(EventId, Timestamp)]) -> Result<(Reconciler, String), NegError> {
+        let mut storage = negentropy::NegentropyStorageVector::with_capacity(local.len());
+        for (id, at) in local {
+            storage
+                .insert(at.as_secs(), negentropy::Id::from_byte_array(id.to_bytes()))
+                .map_err(protocol)?;
+        }
+        storage.seal().map_err(protocol)?;
+        let mut neg = negentropy::Negentropy::owned(storage, FRAME_LIMIT).map_err(protocol)?;
+        let init = hex::encode(neg.initiate().map_err(protocol)?);
+        let bytes = init.len() as u64;
+        Ok((
+            Reconciler {
+                neg,
+                need: Vec::new(),
+                replied: false,
+                bytes,
+            },
+            init,
+        ))
+    }
+
+    /// Consumes a NEG-MSG.
+    pub fn on_message(&mut self, hex_msg: &str) -> Result<NegStep, NegError> {
+        self.replied = true;
+        self.bytes += hex_msg.len() as u64;
+        let query = hex::decode(hex_msg).map_err(|_| NegError::NotHex)?;
+        let mut have = Vec::new();
+        let mut need = Vec::new();
+        let next = self
+            .neg
+            .reconcile_with_ids(&query, &mut have, &mut need)
+            .map_err(protocol)?;
+        self.need.extend(
+            need.into_iter()
+                .map(|id| EventId::from_byte_array(id.to_bytes())),
+        );
+        Ok(match next {
+            Some(msg) => {
+                let text = hex::encode(msg);
+                self.bytes += text.len() as u64;
+                NegStep::Send(text)
+            }
+            None => NegStep::Finished,
+        })
+    }
+
+    /// The ids our relay lacks, de-duplicated, in chunks.
+    pub fn into_fetch(self, chunk: usize) -> Fetch {
+        let mut seen = HashSet::new();
+        let ids: Vec<EventId> = self
+            .need
+            .into_iter()
+            .filter(|id| seen.insert(*id))
+            .collect();
+        Fetch::new(ids, chunk)
+    }
+}
+
+/// Downloading the missing ids, one chunk (one REQ) at a time.
+#[derive(Debug, Clone)]
+pub struct Fetch {
+    queue: VecDeque<Vec<EventId>>,
+    awaiting: HashSet<EventId>,
+    current: Vec<EventId>,
+    retried: bool,
+    /// Ids requested in all.
+    pub total: usize,
+}
+
+/// What to do after a chunk's EOSE.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FetchStep {
+    /// Request this filter next.
+    Request(Filter),
+    /// Every id arrived.
+    Done,
+    /// Ids still missing after a retry.
+    Missing(usize),
+}
+
+impl Fetch {
+    fn new(ids: Vec<EventId>, chunk: usize) -> Self {
+        let total = ids.len();
+        let queue = ids
+            .chunks(chunk.clamp(1, 500))
+            .map(<[EventId]>::to_vec)
+            .collect();
+        Fetch {
+            queue,
+            awaiting: HashSet::new(),
+            current: Vec::new(),
+            retried: false,
+            total,
+        }
+    }
+
+    fn filter(ids: &[EventId]) -> Filter {
+        Filter::new().ids(ids.iter().copied()).limit(ids.len())
+    }
+
+    /// The first request, or `Done` when nothing is missing.
+    pub fn begin(&mut self) -> FetchStep {
+        self.next_chunk()
+    }
+
+    fn next_chunk(&mut self) -> FetchStep {
+        match self.queue.pop_front() {
+            None => FetchStep::Done,
+            Some(ids) => {
+                self.awaiting = ids.iter().copied().collect();
+                self.current = ids;
+                self.retried = false;
+                FetchStep::Request(Self::filter(&self.current))
+            }
+        }
+    }
+
+    /// The filter of the chunk in flight (for matching arrivals).
+    pub fn current_filter(&self) -> Filter {
+        Self::filter(&self.current)
+    }
+
+    /// An event with this id arrived on the chunk's subscription.
+    pub fn arrived(&mut self, id: &EventId) {
+        self.awaiting.remove(id);
+    }
+
+    /// The chunk's EOSE: ask again once for stragglers, then move on.
+    pub fn on_eose(&mut self) -> FetchStep {
+        if self.awaiting.is_empty() {
+            return self.next_chunk();
+        }
+        if !self.retried {
+            self.retried = true;
+            self.current = self.awaiting.iter().copied().collect();
+            return FetchStep::Request(Self::filter(&self.current));
+        }
+        FetchStep::Missing(self.awaiting.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u8) -> EventId {
+        EventId::from_byte_array([n; 32])
+    }
+
+    /// Runs the responder side with the real library to check the initiator end to end.
+    fn reconcile(local: &[(EventId, Timestamp)], remote: &[(EventId, Timestamp)]) -> Vec<EventId> {
+        let mut storage = negentropy::NegentropyStorageVector::new();
+        for (i, t) in remote {
+            storage
+                .insert(t.as_secs(), negentropy::Id::from_byte_array(i.to_bytes()))
+                .expect("insert");
+        }
+        storage.seal().expect("seal");
+        let mut server = negentropy::Negentropy::owned(storage, 0).expect("server");
+        let (mut client, init) = Reconciler::start(local).expect("start");
+        let mut msg = init;
+        for _ in 0..50 {
+            let reply = server
+                .reconcile(&hex::decode(&msg).expect("hex"))
+                .expect("reconcile");
+            match client.on_message(&hex::encode(reply)).expect("step") {
+                NegStep::Send(next) => msg = next,
+                NegStep::Finished => {
+                    let mut f = client.into_fetch(100);
+                    let mut ids = Vec::new();
+                    let mut step = f.begin();
+                    while let FetchStep::Request(filter) = step {
+                        let chunk: Vec<EventId> = filter.ids.iter().flatten().copied().collect();
+                        ids.extend(chunk.iter().copied());
+                        for i in &chunk {
+                            f.arrived(i);
+                        }
+                        step = f.on_eose();
+                    }
+                    assert_eq!(step, FetchStep::Done);
+                    return ids;
+                }
+            }
+        }
+        panic!("did not finish");
+    }
+
+    #[test]
+    fn finds_exactly_the_missing_ids() {
+        let t = Timestamp::from_secs(1_700_000_000);
+        let remote: Vec<_> = (0..250).map(|n| (id(n), t)).collect();
+        let local: Vec<_> = remote
+            .iter()
+            .copied()
+            .filter(|(i, _)| i.as_bytes()[0] % 5 != 0)
+            .collect();
+        let mut missing = reconcile(&local, &remote);
+        missing.sort();
+        let mut want: Vec<_> = (0..250).filter(|n| n % 5 == 0).map(id).collect();
+        want.sort();
+        assert_eq!(missing, want);
+    }
+
+    #[test]
+    fn fetch_retries_once_then_reports_missing() {
+        let mut f = Fetch::new((0..150).map(id).collect(), 100);
+        let FetchStep::Request(first) = f.begin() else {
+            panic!("request")
+        };
+        assert_eq!(first.ids.as_ref().map(|s| s.len()), Some(100));
+        for n in 0..99 {
+            f.arrived(&id(n));
+        }
+        let FetchStep::Request(retry) = f.on_eose() else {
+            panic!("retry")
+        };
+        assert_eq!(retry.ids.as_ref().map(|s| s.len()), Some(1));
+        assert_eq!(f.on_eose(), FetchStep::Missing(1));
+    }
+
+    #[test]
+    fn not_hex_is_an_error() {
+        let (mut r, _) = Reconciler::start(&[]).expect("start");
+        assert_eq!(r.on_message("zz"), Err(NegError::NotHex));
+    }
+}
