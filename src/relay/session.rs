@@ -160,6 +160,9 @@ struct Session {
     /// Fetch REQ id → negentropy session id.
     fetch_subs: HashMap<SubscriptionId, SubscriptionId>,
     nip77_unsupported: bool,
+    /// Numbers download REQs: an id is never reused on a connection, because relays answer a
+    /// CLOSE with CLOSED, which must not hit a later REQ of the same name.
+    fetch_seq: u64,
 }
 
 /// Starts a session task for `url`. It ends on `Shutdown` or when the sender is dropped.
@@ -181,6 +184,7 @@ pub fn spawn_session(
         negs: HashMap::new(),
         fetch_subs: HashMap::new(),
         nip77_unsupported: false,
+        fetch_seq: 0,
     };
     let span = tracing::info_span!("relay", url = %session.url);
     let task = tokio::spawn(tracing::Instrument::instrument(session.run(rx), span));
@@ -658,7 +662,7 @@ impl Session {
                 let _ = self.deps.forwarder.forward(event).await;
             }
             Err(reason) => {
-                tracing::debug!(id = %event.id, reason = reason.label(), "event refused");
+                tracing::debug!(id = %event.id, %sub, reason = reason.label(), "event refused");
                 self.reject(reason.label());
             }
         }
@@ -707,7 +711,9 @@ impl Session {
     ) -> Result<(), String> {
         match step {
             FetchStep::Request(filter) => {
-                let req = next_fetch_id(neg_sub, &self.fetch_subs);
+                self.fetch_seq += 1;
+                let req = fetch_id(neg_sub, self.fetch_seq);
+                tracing::debug!(%req, ids = filter.ids.as_ref().map_or(0, |i| i.len()), "negentropy fetch");
                 if let Some(NegSession {
                     phase: NegPhase::Fetching { req: current, .. },
                     ..
@@ -858,15 +864,9 @@ impl Session {
     }
 }
 
-/// A fresh REQ id for a negentropy download chunk, derived from the session id (within the
-/// 64-character limit many relays apply).
-fn next_fetch_id(
-    neg_sub: &SubscriptionId,
-    taken: &HashMap<SubscriptionId, SubscriptionId>,
-) -> SubscriptionId {
-    let base: String = neg_sub.as_str().chars().take(48).collect();
-    (0u32..)
-        .map(|n| SubscriptionId::new(format!("{base}.f{n}")))
-        .find(|id| !taken.contains_key(id) && id != neg_sub)
-        .unwrap_or_else(|| SubscriptionId::new(format!("{base}.f")))
+/// The REQ id of a negentropy download chunk: derived from the session id, numbered, and
+/// within the 64-character limit many relays apply.
+fn fetch_id(neg_sub: &SubscriptionId, seq: u64) -> SubscriptionId {
+    let base: String = neg_sub.as_str().chars().take(40).collect();
+    SubscriptionId::new(format!("{base}.f{seq}"))
 }
