@@ -60,6 +60,7 @@ spec:
   backoff: {base: 200ms, max: 2s, deadAfter: 1h}
   rateLimitCooldown: 1s
   reapGrace: 2s
+  reapInterval: 500ms
 ";
 
 /// An allowlist admitting every loopback `ws://` relay (private networks allowed).
