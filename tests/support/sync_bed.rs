@@ -175,9 +175,10 @@ pub async fn held(url: &str, ids: &[EventId]) -> HashSet<EventId> {
 /// Waits (polling, at most `timeout`) until `url` holds every id; panics listing the missing.
 pub async fn wait_for_ids(url: &str, ids: &[EventId], timeout: Duration, what: &str) {
     let start = Instant::now();
+    let unique: HashSet<EventId> = ids.iter().copied().collect();
     loop {
         let found = held(url, ids).await;
-        if found.len() == ids.len() {
+        if found.len() == unique.len() {
             return;
         }
         if start.elapsed() > timeout {
