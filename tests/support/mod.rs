@@ -1,6 +1,9 @@
 //! Test support shared by the relay-level integration tests. Each test crate uses a subset.
 #![allow(dead_code)]
 
+pub mod apiserver;
 pub mod bed;
 pub mod fault_proxy;
+pub mod hostile_relay;
 pub mod py_relays;
+pub mod sync_bed;
