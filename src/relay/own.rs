@@ -53,7 +53,7 @@ pub enum LocalSet {
     Store(std::sync::Arc<dyn nostr_sdk::prelude::NostrDatabase>),
     /// Our relay over the wire (a REQ with a high `limit`; a relay that caps it makes
     /// negentropy download a few events twice, never miss one).
-    Relay(OwnRelayClient),
+    Relay(Box<OwnRelayClient>),
 }
 
 impl std::fmt::Debug for LocalSet {

@@ -146,7 +146,7 @@ impl Standalone {
         let own = OwnRelayClient::connect(&own_url, Duration::from_secs(10)).await?;
         let local = match &embedded {
             Some(e) => LocalSet::Store(e.store()),
-            None => LocalSet::Relay(own.clone()),
+            None => LocalSet::Relay(Box::new(own.clone())),
         };
 
         let (forwarder, forwarder_task) =
