@@ -117,7 +117,11 @@ fn counter(app: &Standalone, name: &str) -> f64 {
 async fn wait_forwarded(app: &Standalone, n: usize, limit: Duration) -> Duration {
     let start = Instant::now();
     while counter(app, "grasp_sync_events_forwarded_total") < n as f64 {
-        assert!(start.elapsed() < limit, "only {} of {n} forwarded", counter(app, "grasp_sync_events_forwarded_total"));
+        assert!(
+            start.elapsed() < limit,
+            "only {} of {n} forwarded",
+            counter(app, "grasp_sync_events_forwarded_total")
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     start.elapsed()
@@ -174,7 +178,11 @@ async fn resync(n: usize) {
     publish(&url, &events).await;
     let app = app("resync", "").await;
     let own = app.own_url().to_string();
-    let present: Vec<Event> = events.iter().filter(|e| e.id.as_bytes()[0] >= 3).cloned().collect();
+    let present: Vec<Event> = events
+        .iter()
+        .filter(|e| e.id.as_bytes()[0] >= 3)
+        .cloned()
+        .collect();
     let missing = n - present.len();
     let tp = Instant::now();
     publish(&own, &present).await;
@@ -187,7 +195,10 @@ async fn resync(n: usize) {
     publish(&own, &[announcement(&keys, &[&own, &url])]).await;
     let t0 = Instant::now();
     while counter(&app, "grasp_sync_events_forwarded_total") - before < missing as f64 {
-        assert!(t0.elapsed() < Duration::from_secs(300), "resync did not finish");
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "resync did not finish"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Let any stragglers of the reconciliation arrive before counting.
@@ -219,7 +230,11 @@ async fn idle(n: usize) {
     let app = self::app("idle2", &docs).await;
     let t0 = Instant::now();
     while counter(&app, "grasp_sync_connections{state=\"connected\"}") < n as f64 {
-        assert!(t0.elapsed() < Duration::from_secs(300), "only {} connected", counter(&app, "grasp_sync_connections"));
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "only {} connected",
+            counter(&app, "grasp_sync_connections")
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -238,10 +253,13 @@ async fn idle(n: usize) {
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let what = args.get(1).map(String::as_str).unwrap_or("ingest");
-    let n: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(match what {
-        "idle" => 1000,
-        _ => 20_000,
-    });
+    let n: usize = args
+        .get(2)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(match what {
+            "idle" => 1000,
+            _ => 20_000,
+        });
     match what {
         "ingest" => ingest(n, false).await,
         "ingest-mem" => ingest(n, true).await,
