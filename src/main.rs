@@ -33,7 +33,20 @@ fn main() -> Result<()> {
         Command::Run(args) => runtime()?.block_on(roles::run(args))?,
         Command::Relay(args) => runtime()?.block_on(roles::relay(args))?,
         Command::Status(args) => runtime()?.block_on(roles::status(args))?,
-        Command::Controller(_) | Command::Worker(_) | Command::Crd => bail!("not implemented yet"),
+        Command::Crd => print!("{}", grasp_sync::api::crd::render_crds()),
+        Command::Controller(args) => {
+            use grasp_sync::k8s::controller::{self as ctl, ControllerOptions};
+            let own = grasp_sync::core::RelayUrl::parse(&args.own_relay)
+                .with_context(|| format!("--own-relay {:?}", args.own_relay))?;
+            let identity = args.identity.unwrap_or_else(ctl::default_identity);
+            let mut opts = ControllerOptions::new(own, identity);
+            opts.namespace = args.namespace;
+            opts.lease_namespace = args.lease_namespace;
+            opts.listen = args.listen;
+            opts.settings = ctl::load_settings(args.config.as_deref())?;
+            runtime()?.block_on(ctl::run_in_cluster(opts))?;
+        }
+        Command::Worker(_) => bail!("not implemented yet"),
     }
     Ok(())
 }

@@ -65,7 +65,7 @@ async fn discovery_pulls_layer2_and_layer3_then_follows_a_second_hop_and_stays_l
     let keys2 = Keys::generate();
     let repo2 = coordinate(&keys2, "second");
     let root2 = tagged(&keys2, 1617, "a", &repo2, "patch");
-    publish(&c.url(), &[root2.clone()]).await;
+    publish(&c.url(), std::slice::from_ref(&root2)).await;
     publish(
         &a.url(),
         &[announcement(&keys2, "second", &[&own, &c.url()])],
@@ -92,7 +92,7 @@ async fn discovery_pulls_layer2_and_layer3_then_follows_a_second_hop_and_stays_l
     );
     let live = tagged(&keys, 1, "e", &root_id, "late reply");
     let t0 = Instant::now();
-    publish(&a.url(), &[live.clone()]).await;
+    publish(&a.url(), std::slice::from_ref(&live)).await;
     wait_for_ids(&own, &[live.id], Duration::from_secs(2), "live event").await;
     eprintln!("live latency {:?}", t0.elapsed());
 

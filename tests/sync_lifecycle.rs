@@ -38,7 +38,7 @@ async fn seed(app: &Standalone, keys: &Keys, remote: &str, via: &str) -> (String
     let own = app.own_url().to_string();
     let repo = coordinate(keys, "repo");
     let root = tagged(keys, 1621, "a", &repo, "issue");
-    publish(remote, &[root.clone()]).await;
+    publish(remote, std::slice::from_ref(&root)).await;
     publish(&own, &[announcement(keys, "repo", &[&own, via])]).await;
     wait_for_ids(&own, &[root.id], Duration::from_secs(20), "seed root").await;
     wait_synced(app, via).await;
@@ -194,7 +194,7 @@ async fn dropping_a_relay_ends_its_subscriptions_and_bootstrap_relays_stay() {
     )
     .await;
     let late = tagged(&keys, 1617, "a", &repo, "after removal");
-    publish(&a.url(), &[late.clone()]).await;
+    publish(&a.url(), std::slice::from_ref(&late)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
         held(&own, &[late.id]).await.is_empty(),

@@ -1,6 +1,7 @@
 //! Condition types and reasons (constants, so every writer spells them the same), and the
 //! merge rule: `lastTransitionTime` moves only when a condition's status flips.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// The controller accepted the object (valid spec, admitted).
@@ -34,10 +35,13 @@ pub mod reason {
     pub const SYNCING: &str = "Syncing";
     /// Not connected, so not syncing.
     pub const NOT_CONNECTED: &str = "NotConnected";
+    /// The worker closed the relay's session on the controller's drain request (the drain
+    /// handshake's acknowledgement; see `crate::k8s::controller::drain`).
+    pub const DRAINED: &str = "Drained";
 }
 
 /// `"True"`, `"False"` or `"Unknown"`, as Kubernetes writes them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum ConditionStatus {
     /// Holds.
     True,
@@ -58,17 +62,20 @@ impl From<bool> for ConditionStatus {
 }
 
 /// One condition, in the shape of `metav1.Condition`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
     /// Type, e.g. `Connected`.
     #[serde(rename = "type")]
+    #[schemars(length(min = 1, max = 316))]
     pub type_: String,
     /// True / False / Unknown.
     pub status: ConditionStatus,
     /// CamelCase reason.
+    #[schemars(length(max = 1024))]
     pub reason: String,
     /// Human text (bounded: never ids or lists).
+    #[schemars(length(max = 32768))]
     pub message: String,
     /// RFC 3339 time of the last status flip.
     pub last_transition_time: String,

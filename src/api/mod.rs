@@ -3,6 +3,7 @@
 
 pub mod allowlist;
 pub mod conditions;
+pub mod crd;
 pub mod status;
 pub mod types;
 

@@ -7,16 +7,18 @@ use crate::core::health::HealthState;
 use crate::core::relay_index::{ConnectionStatus, Nip77Support};
 use crate::core::summary::RelaySummary;
 use crate::core::time::Millis;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Longest `lastError` kept: a relay's text is untrusted and unbounded.
 pub const MAX_ERROR_LEN: usize = 256;
 
 /// Which worker holds the relay (written by the controller).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Assignment {
     /// Worker name.
+    #[schemars(length(max = 253))]
     pub worker: String,
     /// RFC 3339 time of assignment.
     pub since: String,
@@ -26,7 +28,7 @@ pub struct Assignment {
 }
 
 /// Connection facts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConnectionInfo {
     /// Disconnected / Connecting / Connected.
@@ -43,11 +45,12 @@ pub struct ConnectionInfo {
     pub nip77: String,
     /// The last error, truncated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
     pub last_error: Option<String>,
 }
 
 /// Sync progress, as counts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SyncInfo {
     /// Repos in the target.
@@ -70,7 +73,7 @@ pub struct SyncInfo {
 }
 
 /// Backoff state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HealthInfo {
     /// Consecutive failures.
@@ -83,14 +86,17 @@ pub struct HealthInfo {
 }
 
 /// The whole status.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SyncRelayStatus {
     /// Generation the conditions describe.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Conditions, one per type.
+    /// Conditions, one per type. A list-map keyed by `type`, so that the controller's and the
+    /// workers' server-side-apply field managers each own their own entries.
     #[serde(default)]
+    #[schemars(length(max = 16))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// Assignment (controller-owned).
     #[serde(default, skip_serializing_if = "Option::is_none")]

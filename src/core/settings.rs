@@ -53,7 +53,7 @@ fn default_dead_retry() -> Duration {
 }
 
 /// A relay's subscription budget: learned from NIP-11 and CLOSED/NOTICE, or these defaults.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RelayLimits {
     /// Concurrent subscriptions (REQ and NEG-OPEN both count).

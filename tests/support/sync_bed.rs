@@ -77,11 +77,16 @@ spec:
 
 /// Session tuning for tests: fast stall detection and NIP-77 fallback.
 pub fn fast_session() -> SessionConfig {
-    let mut s = SessionConfig::default();
-    s.keepalive = Duration::from_millis(500);
-    s.neg_initial_timeout = Duration::from_secs(2);
-    s.dial.timeout = Duration::from_secs(3);
-    s
+    let defaults = SessionConfig::default();
+    SessionConfig {
+        keepalive: Duration::from_millis(500),
+        neg_initial_timeout: Duration::from_secs(2),
+        dial: grasp_sync::relay::wire::DialOptions {
+            timeout: Duration::from_secs(3),
+            ..defaults.dial
+        },
+        ..defaults
+    }
 }
 
 /// Standalone mode with its embedded relay, configured by `docs` (YAML documents joined by
