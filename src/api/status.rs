@@ -112,6 +112,19 @@ pub struct SyncRelayStatus {
     pub health: HealthInfo,
 }
 
+impl SyncRelayStatus {
+    /// The condition of type `t`, if present.
+    pub fn condition(&self, t: &str) -> Option<&Condition> {
+        self.conditions.iter().find(|c| c.type_ == t)
+    }
+
+    /// Whether the condition of type `t` is present and True.
+    pub fn holds(&self, t: &str) -> bool {
+        self.condition(t)
+            .is_some_and(|c| c.status == ConditionStatus::True)
+    }
+}
+
 /// What the relay session counts beyond the core.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SessionCounters {

@@ -38,9 +38,7 @@ pub struct StatusObject {
 
 fn condition(status: &SyncRelayStatus, kind: &str) -> String {
     status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == kind)
+        .condition(kind)
         .map(|c| match c.status {
             ConditionStatus::True => "True",
             ConditionStatus::False => "False",

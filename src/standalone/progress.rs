@@ -4,19 +4,12 @@
 //! minute.
 
 use super::Standalone;
-use crate::api::conditions::{ConditionStatus, CONNECTED, SYNCED};
+use crate::api::conditions::{CONNECTED, SYNCED};
 use crate::engine::wall_clock;
-use crate::observe::table::{render, StatusObject};
+use crate::observe::table::render;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::collections::HashMap;
 use std::time::Duration;
-
-fn holds(o: &StatusObject, kind: &str) -> bool {
-    o.status
-        .conditions
-        .iter()
-        .any(|c| c.type_ == kind && c.status == ConditionStatus::True)
-}
 
 /// Runs until dropped (the caller selects it against Ctrl-C).
 pub async fn report_loop(app: &Standalone, interactive: bool) {
@@ -29,8 +22,8 @@ pub async fn report_loop(app: &Standalone, interactive: bool) {
                 let s = &o.status.sync;
                 tracing::info!(
                     relay = %o.spec.url,
-                    connected = holds(&o, CONNECTED),
-                    synced = holds(&o, SYNCED),
+                    connected = o.status.holds(CONNECTED),
+                    synced = o.status.holds(SYNCED),
                     confirmed_repos = s.confirmed_repos,
                     desired_repos = s.desired_repos,
                     confirmed_root_events = s.confirmed_root_events,
@@ -59,9 +52,9 @@ pub async fn report_loop(app: &Standalone, interactive: bool) {
             let s = &o.status.sync;
             bar.set_length((s.desired_repos + s.desired_root_events).max(1));
             bar.set_position(s.confirmed_repos + s.confirmed_root_events);
-            let state = if holds(o, SYNCED) {
+            let state = if o.status.holds(SYNCED) {
                 "synced"
-            } else if holds(o, CONNECTED) {
+            } else if o.status.holds(CONNECTED) {
                 "syncing"
             } else {
                 "disconnected"

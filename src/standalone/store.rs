@@ -3,9 +3,7 @@
 //! server plays in a cluster: discovery writes to it, `/status` reads from it.
 
 use crate::api::allowlist::{admit, Admission};
-use crate::api::conditions::{
-    merge_conditions, rfc3339, Condition, ConditionStatus, ACCEPTED, ASSIGNED, READY,
-};
+use crate::api::conditions::{merge_conditions, rfc3339, Condition, ACCEPTED, ASSIGNED, READY};
 use crate::api::status::{build_status, Assignment, SessionCounters, SyncRelayStatus};
 use crate::api::types::{RelayAllowlistSpec, SyncRelaySpec};
 use crate::config::{ConfigSet, API_VERSION};
@@ -180,14 +178,8 @@ impl ObjectStore {
                     .unwrap_or_else(|| rfc3339(obj.created)),
                 draining: false,
             });
-            let holds = |t: &str| {
-                status
-                    .conditions
-                    .iter()
-                    .any(|c| c.type_ == t && c.status == ConditionStatus::True)
-            };
-            let ready =
-                holds(crate::api::conditions::CONNECTED) && holds(crate::api::conditions::SYNCED);
+            let ready = status.holds(crate::api::conditions::CONNECTED)
+                && status.holds(crate::api::conditions::SYNCED);
             let cond = |t: &str, ok: bool, reason: &str| Condition {
                 type_: t.into(),
                 status: ok.into(),

@@ -63,9 +63,7 @@ pub fn current_owned(status: Option<&SyncRelayStatus>) -> OwnedStatus {
 }
 
 fn is_true(status: Option<&SyncRelayStatus>, t: &str) -> bool {
-    status
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == t))
-        .is_some_and(|c| c.status == ConditionStatus::True)
+    status.is_some_and(|s| s.holds(t))
 }
 
 /// Builds the controller-owned status: fresh conditions merged with the previous ones (a

@@ -52,12 +52,7 @@ pub fn is_deleting(relay: &SyncRelay) -> bool {
 
 /// The condition of type `t` in its status.
 pub fn condition<'a>(relay: &'a SyncRelay, t: &str) -> Option<&'a Condition> {
-    relay
-        .status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == t)
+    relay.status.as_ref()?.condition(t)
 }
 
 /// The worker's `Connected` condition.
