@@ -44,14 +44,12 @@ impl Reject {
     }
 }
 
-/// Whether `event` (whose wire size is `raw_len` bytes) may be forwarded. On success its id is
-/// recorded in `recent`.
-pub fn admit(
+/// The cheap checks: size, then a match with a filter of the subscription.
+fn check_shape(
     event: &Event,
     raw_len: usize,
     filters: &[Filter],
     max_size: usize,
-    recent: &mut RecentIds,
 ) -> Result<(), Reject> {
     if raw_len > max_size {
         return Err(Reject::TooLarge);
@@ -63,15 +61,34 @@ pub fn admit(
     {
         return Err(Reject::Unrequested);
     }
-    if recent.contains(&event.id) {
-        return Err(Reject::Duplicate);
-    }
+    Ok(())
+}
+
+/// The costly checks: the id is the hash of the content, and the signature verifies.
+fn check_crypto(event: &Event) -> Result<(), Reject> {
     if !event.verify_id() {
         return Err(Reject::InvalidId);
     }
     if !event.verify_signature() {
         return Err(Reject::InvalidSignature);
     }
+    Ok(())
+}
+
+/// Whether `event` (whose wire size is `raw_len` bytes) may be forwarded. On success its id is
+/// recorded in `recent`.
+pub fn admit(
+    event: &Event,
+    raw_len: usize,
+    filters: &[Filter],
+    max_size: usize,
+    recent: &mut RecentIds,
+) -> Result<(), Reject> {
+    check_shape(event, raw_len, filters, max_size)?;
+    if recent.contains(&event.id) {
+        return Err(Reject::Duplicate);
+    }
+    check_crypto(event)?;
     recent.insert(event.id);
     Ok(())
 }
@@ -85,22 +102,8 @@ pub fn check(
     filters: &[Filter],
     max_size: usize,
 ) -> Result<(), Reject> {
-    if raw_len > max_size {
-        return Err(Reject::TooLarge);
-    }
-    if !filters
-        .iter()
-        .any(|f| f.match_event(event, MatchEventOptions::new()))
-    {
-        return Err(Reject::Unrequested);
-    }
-    if !event.verify_id() {
-        return Err(Reject::InvalidId);
-    }
-    if !event.verify_signature() {
-        return Err(Reject::InvalidSignature);
-    }
-    Ok(())
+    check_shape(event, raw_len, filters, max_size)?;
+    check_crypto(event)
 }
 
 /// Category of our relay's `OK false` message (NIP-01 machine-readable prefixes).

@@ -13,7 +13,7 @@ use super::wire::{open, DialError, DialOptions, RelaySocket};
 use crate::api::status::SessionCounters;
 use crate::core::health::{classify_relay_message, RelayMessageClass};
 use crate::core::pagination::PageReport;
-use crate::core::pending::BatchId;
+use crate::core::pending::{BatchId, SyncMethod};
 use crate::core::settings::RelayLimits;
 use crate::core::url::RelayUrl;
 use crate::core::{Input, NegentropyOutcome, SubPurpose};
@@ -441,15 +441,7 @@ impl Session {
         }
         if let Some(neg) = self.negs.remove(sub) {
             return match neg.phase {
-                NegPhase::Reconciling(_) => {
-                    self.send(
-                        ws,
-                        &ClientMessage::NegClose {
-                            subscription_id: std::borrow::Cow::Owned(sub.clone()),
-                        },
-                    )
-                    .await
-                }
+                NegPhase::Reconciling(_) => self.neg_close(ws, sub).await,
                 NegPhase::Fetching { req, .. } => {
                     self.fetch_subs.remove(&req);
                     self.send(ws, &ClientMessage::close(req)).await
@@ -457,6 +449,20 @@ impl Session {
             };
         }
         Ok(())
+    }
+
+    async fn neg_close(&self, ws: &mut RelaySocket, sub: &SubscriptionId) -> Result<(), String> {
+        let msg = ClientMessage::NegClose {
+            subscription_id: std::borrow::Cow::Borrowed(sub),
+        };
+        self.send(ws, &msg).await
+    }
+
+    /// Records that history was confirmed now (for `status.sync.lastEose`).
+    fn mark_eose(&self) {
+        if let Ok(mut c) = self.counters.lock() {
+            c.last_eose = Some(wall_clock());
+        }
     }
 
     async fn neg_done(&mut self, sub: &SubscriptionId, outcome: NegentropyOutcome) {
@@ -481,12 +487,7 @@ impl Session {
         filter: Filter,
     ) -> Result<(), String> {
         if self.nip77_unsupported {
-            self.report(Input::NegentropyDone {
-                relay: self.url.clone(),
-                sub,
-                outcome: NegentropyOutcome::Unsupported,
-            })
-            .await;
+            self.neg_done(&sub, NegentropyOutcome::Unsupported).await;
             return Ok(());
         }
         let local = match self
@@ -498,12 +499,7 @@ impl Session {
             Ok(items) => items,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read our relay's item set; falling back to REQ");
-                self.report(Input::NegentropyDone {
-                    relay: self.url.clone(),
-                    sub,
-                    outcome: NegentropyOutcome::Failed,
-                })
-                .await;
+                self.neg_done(&sub, NegentropyOutcome::Failed).await;
                 return Ok(());
             }
         };
@@ -511,12 +507,7 @@ impl Session {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, "negentropy setup failed");
-                self.report(Input::NegentropyDone {
-                    relay: self.url.clone(),
-                    sub,
-                    outcome: NegentropyOutcome::Failed,
-                })
-                .await;
+                self.neg_done(&sub, NegentropyOutcome::Failed).await;
                 return Ok(());
             }
         };
@@ -552,13 +543,7 @@ impl Session {
             self.nip77_unsupported = true;
         }
         for sub in expired {
-            self.send(
-                ws,
-                &ClientMessage::NegClose {
-                    subscription_id: std::borrow::Cow::Owned(sub.clone()),
-                },
-            )
-            .await?;
+            self.neg_close(ws, &sub).await?;
             self.neg_done(&sub, NegentropyOutcome::Unsupported).await;
         }
         Ok(())
@@ -598,10 +583,7 @@ impl Session {
                 subscription_id,
                 message,
             } => {
-                let outcome = match classify_relay_message(&message) {
-                    RelayMessageClass::NegentropyUnsupported => NegentropyOutcome::Unsupported,
-                    _ => NegentropyOutcome::Failed,
-                };
+                let outcome = neg_outcome(&message);
                 if self.negs.contains_key(&*subscription_id) {
                     self.neg_done(&subscription_id, outcome).await;
                 }
@@ -617,11 +599,7 @@ impl Session {
         let max = self.config.max_event_size;
         let verdict = if let Some(state) = self.subs.get_mut(sub) {
             if let SubPurpose::Historic(_) = state.purpose {
-                self.deps
-                    .metrics
-                    .sync_bytes
-                    .get_or_create(&method(crate::core::pending::SyncMethod::ReqEose))
-                    .inc_by(raw_len as u64);
+                count_bytes(&self.deps.metrics, SyncMethod::ReqEose, raw_len);
                 for (f, page) in state.filters.iter().zip(state.pages.iter_mut()) {
                     if f.match_event(&event, MatchEventOptions::new()) {
                         page.received += 1;
@@ -634,11 +612,7 @@ impl Session {
             }
             check(&event, raw_len, &state.filters, max)
         } else if let Some(neg_sub) = self.fetch_subs.get(sub) {
-            self.deps
-                .metrics
-                .sync_bytes
-                .get_or_create(&method(crate::core::pending::SyncMethod::Negentropy))
-                .inc_by(raw_len as u64);
+            count_bytes(&self.deps.metrics, SyncMethod::Negentropy, raw_len);
             match self.negs.get_mut(neg_sub).map(|n| &mut n.phase) {
                 Some(NegPhase::Fetching { fetch, .. }) => {
                     let filter = fetch.current_filter();
@@ -680,9 +654,7 @@ impl Session {
             if matches!(state.purpose, SubPurpose::Historic(_)) {
                 // Confirm only what is stored.
                 let _ = self.deps.forwarder.flush().await;
-                if let Ok(mut c) = self.counters.lock() {
-                    c.last_eose = Some(wall_clock());
-                }
+                self.mark_eose();
             }
             self.report(Input::Eose {
                 relay: self.url.clone(),
@@ -726,9 +698,7 @@ impl Session {
             }
             FetchStep::Done => {
                 let _ = self.deps.forwarder.flush().await;
-                if let Ok(mut c) = self.counters.lock() {
-                    c.last_eose = Some(wall_clock());
-                }
+                self.mark_eose();
                 self.neg_done(neg_sub, NegentropyOutcome::Done).await;
                 Ok(())
             }
@@ -753,11 +723,7 @@ impl Session {
             Some(NegPhase::Reconciling(r)) => r.on_message(message),
             _ => return Ok(()),
         };
-        self.deps
-            .metrics
-            .sync_bytes
-            .get_or_create(&method(crate::core::pending::SyncMethod::Negentropy))
-            .inc_by(message.len() as u64);
+        count_bytes(&self.deps.metrics, SyncMethod::Negentropy, message.len());
         match step {
             Ok(NegStep::Send(next)) => {
                 self.send(
@@ -770,13 +736,7 @@ impl Session {
                 .await
             }
             Ok(NegStep::Finished) => {
-                self.send(
-                    ws,
-                    &ClientMessage::NegClose {
-                        subscription_id: std::borrow::Cow::Owned(sub.clone()),
-                    },
-                )
-                .await?;
+                self.neg_close(ws, sub).await?;
                 let Some(neg) = self.negs.remove(sub) else {
                     return Ok(());
                 };
@@ -800,13 +760,7 @@ impl Session {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "negentropy failed; falling back to REQ");
-                self.send(
-                    ws,
-                    &ClientMessage::NegClose {
-                        subscription_id: std::borrow::Cow::Owned(sub.clone()),
-                    },
-                )
-                .await?;
+                self.neg_close(ws, sub).await?;
                 self.neg_done(sub, NegentropyOutcome::Failed).await;
                 Ok(())
             }
@@ -821,23 +775,12 @@ impl Session {
         }
         self.subs.remove(sub);
         if self.negs.contains_key(sub) {
-            let outcome = match classify_relay_message(message) {
-                RelayMessageClass::NegentropyUnsupported => NegentropyOutcome::Unsupported,
-                _ => NegentropyOutcome::Failed,
-            };
-            // A refusal (rate limit, too many subscriptions) is also a CLOSED for the core.
-            if outcome == NegentropyOutcome::Failed {
-                self.negs.remove(sub);
-                self.report(Input::Closed {
-                    relay: self.url.clone(),
-                    sub: sub.clone(),
-                    message: message.to_string(),
-                })
-                .await;
+            if neg_outcome(message) == NegentropyOutcome::Unsupported {
+                self.neg_done(sub, NegentropyOutcome::Unsupported).await;
                 return;
             }
-            self.neg_done(sub, outcome).await;
-            return;
+            // A refusal (rate limit, too many subscriptions) is a CLOSED for the core.
+            self.negs.remove(sub);
         }
         self.report(Input::Closed {
             relay: self.url.clone(),
@@ -869,4 +812,21 @@ impl Session {
 fn fetch_id(neg_sub: &SubscriptionId, seq: u64) -> SubscriptionId {
     let base: String = neg_sub.as_str().chars().take(40).collect();
     SubscriptionId::new(format!("{base}.f{seq}"))
+}
+
+/// Counts bytes received while syncing, by method.
+fn count_bytes(metrics: &Metrics, m: SyncMethod, n: usize) {
+    metrics
+        .sync_bytes
+        .get_or_create(&method(m))
+        .inc_by(n as u64);
+}
+
+/// How a NEG-ERR or a CLOSED on a negentropy session ends it: unsupported when the text says
+/// the relay does not speak NIP-77, failed otherwise.
+fn neg_outcome(message: &str) -> NegentropyOutcome {
+    match classify_relay_message(message) {
+        RelayMessageClass::NegentropyUnsupported => NegentropyOutcome::Unsupported,
+        _ => NegentropyOutcome::Failed,
+    }
 }
