@@ -22,6 +22,7 @@
 mod support;
 
 use grasp_sync::api::crd::crd_files;
+use grasp_sync::api::types::discovered_name;
 use grasp_sync::api::types::{RelayAllowlist, SyncRelay};
 use grasp_sync::core::url::RelayUrl;
 use grasp_sync::core::Millis;
@@ -32,7 +33,6 @@ use grasp_sync::k8s::consts::{
 use grasp_sync::k8s::controller::{run, ControllerOptions};
 use grasp_sync::k8s::lease::worker_lease;
 use grasp_sync::relay::own::{OwnRelayClient, PublishOutcome};
-use grasp_sync::standalone::store::discovered_name;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

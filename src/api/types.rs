@@ -170,3 +170,21 @@ pub struct RelayAllowlistSpec {
     #[schemars(length(max = 256))]
     pub deny: Vec<HostRule>,
 }
+
+/// Label (`"true"`) on SyncRelays created by discovery, in every mode. Only these are ever
+/// deleted by a driver (reaped); objects without it are operator intent.
+pub const DISCOVERED_LABEL: &str = "sync.grasp.dev/discovered";
+
+/// The stable object name of a discovered URL, the same in every mode: `sr-` and 16 hex
+/// digits of the SHA-256 of the normalised URL.
+pub fn discovered_name(url: &crate::core::url::RelayUrl) -> String {
+    use nostr::hashes::{sha256, Hash};
+    let digest = sha256::Hash::hash(url.as_str().as_bytes());
+    let hex: String = digest
+        .to_byte_array()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("sr-{hex}")
+}

@@ -13,9 +13,7 @@ pub const GROUP: &str = "sync.grasp.dev";
 /// Workers watch `sync.grasp.dev/worker=<their name>`.
 pub const WORKER_LABEL: &str = "sync.grasp.dev/worker";
 
-/// Label (`"true"`) on SyncRelays the controller created from discovery. Only these are ever
-/// deleted by the controller (reaped); objects without it are operator intent.
-pub const DISCOVERED_LABEL: &str = "sync.grasp.dev/discovered";
+pub use crate::api::types::DISCOVERED_LABEL;
 
 /// Label on a worker's Lease: `sync.grasp.dev/role=worker`. The controller lists live workers
 /// with this selector.

@@ -16,8 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 /// The worker name standalone mode reports in `status.assignment`.
 pub const STANDALONE_WORKER: &str = "standalone";
 
-/// The label discovery puts on the relays it creates.
-pub const DISCOVERED_LABEL: &str = "sync.grasp.dev/discovered";
+use crate::api::types::{discovered_name, DISCOVERED_LABEL};
 
 /// One SyncRelay.
 #[derive(Debug, Clone)]
@@ -57,19 +56,6 @@ pub struct ObjectStore {
     allowlists: Vec<RelayAllowlistSpec>,
     admitted: Vec<u32>,
     refused: HashMap<RelayUrl, &'static str>,
-}
-
-/// A stable object name for a discovered URL: `sr-` and 16 hex digits of its SHA-256.
-pub fn discovered_name(url: &RelayUrl) -> String {
-    use nostr::hashes::{sha256, Hash};
-    let digest = sha256::Hash::hash(url.as_str().as_bytes());
-    let hex: String = digest
-        .to_byte_array()
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("sr-{hex}")
 }
 
 impl ObjectStore {
