@@ -3,7 +3,7 @@
 mod cli;
 mod roles;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Parser;
 use cli::{Cli, Command};
 use grasp_sync::config;
@@ -43,10 +43,20 @@ fn main() -> Result<()> {
             opts.namespace = args.namespace;
             opts.lease_namespace = args.lease_namespace;
             opts.listen = args.listen;
-            opts.settings = ctl::load_settings(args.config.as_deref())?;
+            opts.settings = grasp_sync::k8s::process::load_settings(args.config.as_deref())?;
             runtime()?.block_on(ctl::run_in_cluster(opts))?;
         }
-        Command::Worker(_) => bail!("not implemented yet"),
+        Command::Worker(args) => {
+            use grasp_sync::k8s::worker::{self, WorkerOptions};
+            let own = grasp_sync::core::RelayUrl::parse(&args.own_relay)
+                .with_context(|| format!("--own-relay {:?}", args.own_relay))?;
+            let mut opts = WorkerOptions::new(own, args.name);
+            opts.namespace = args.namespace;
+            opts.lease_namespace = args.lease_namespace;
+            opts.listen = args.listen;
+            opts.settings = grasp_sync::k8s::process::load_settings(args.config.as_deref())?;
+            runtime()?.block_on(worker::run_in_cluster(opts))?;
+        }
     }
     Ok(())
 }

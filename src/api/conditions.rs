@@ -38,6 +38,9 @@ pub mod reason {
     /// The worker closed the relay's session on the controller's drain request (the drain
     /// handshake's acknowledgement; see `crate::k8s::controller::drain`).
     pub const DRAINED: &str = "Drained";
+    /// The worker holding the relay stopped (SIGTERM) and closed its session; the controller
+    /// moves the relay once the worker's Lease is released.
+    pub const WORKER_STOPPED: &str = "WorkerStopped";
 }
 
 /// `"True"`, `"False"` or `"Unknown"`, as Kubernetes writes them.

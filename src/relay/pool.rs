@@ -25,6 +25,8 @@ struct Inner {
     sessions: HashMap<RelayUrl, Entry>,
     counters: HashMap<RelayUrl, SharedCounters>,
     allow_private: HashMap<RelayUrl, bool>,
+    /// Sessions told to shut down and not yet awaited (see [`SessionRegistry::wait_closed`]).
+    closing: HashMap<RelayUrl, JoinHandle<()>>,
 }
 
 /// The routing table, shared by the pool (inside the engine) and the driver.
@@ -70,14 +72,36 @@ impl SessionRegistry {
         self.len() == 0
     }
 
+    /// Waits (at most `wait`) until the session the engine last stopped for `url` has sent its
+    /// CLOSEs and closed the socket. True when it has, or when none was closing. A worker
+    /// acknowledges a drain only after this, so that two workers never hold one relay.
+    pub async fn wait_closed(&self, url: &RelayUrl, wait: Duration) -> bool {
+        let (running, closing) = {
+            let mut inner = self.lock();
+            (inner.sessions.contains_key(url), inner.closing.remove(url))
+        };
+        if running {
+            return false;
+        }
+        match closing {
+            None => true,
+            Some(task) => tokio::time::timeout(wait, task).await.is_ok(),
+        }
+    }
+
     /// Closes every session (CLOSE for each subscription, then the socket) and waits for them,
     /// at most `wait`.
     pub async fn shutdown(&self, wait: Duration) {
-        let entries: Vec<Entry> = self.lock().sessions.drain().map(|(_, e)| e).collect();
+        let (entries, closing): (Vec<Entry>, Vec<JoinHandle<()>>) = {
+            let mut inner = self.lock();
+            let entries = inner.sessions.drain().map(|(_, e)| e).collect();
+            (entries, inner.closing.drain().map(|(_, t)| t).collect())
+        };
         for e in &entries {
             let _ = e.tx.send(SessionCmd::Shutdown);
         }
-        let all = futures_util::future::join_all(entries.into_iter().map(|e| e.task));
+        let tasks = entries.into_iter().map(|e| e.task).chain(closing);
+        let all = futures_util::future::join_all(tasks);
         let _ = tokio::time::timeout(wait, all).await;
     }
 }
@@ -138,8 +162,11 @@ impl SessionPool {
 
     fn stop(&mut self, relay: &RelayUrl) {
         let mut inner = self.registry.lock();
+        // Finished closings nobody awaited are dropped here, so the map stays small.
+        inner.closing.retain(|_, t| !t.is_finished());
         if let Some(e) = inner.sessions.remove(relay) {
             let _ = e.tx.send(SessionCmd::Shutdown);
+            inner.closing.insert(relay.clone(), e.task);
         }
         inner.counters.remove(relay);
         self.deps

@@ -25,7 +25,4 @@ pub mod validate;
 pub mod view;
 pub mod watch;
 
-pub use run::{
-    default_identity, load_settings, run, run_in_cluster, shutdown_signal, ControllerError,
-    ControllerOptions,
-};
+pub use run::{default_identity, run, run_in_cluster, ControllerError, ControllerOptions};

@@ -13,7 +13,6 @@ use super::apply::apply;
 use super::feed::{CoreFeed, DiscoverySink};
 use super::plan::{plan, ControllerState, Observed, PlanConfig, TargetState};
 use super::watch::{spawn_watches, Overlay};
-use crate::config::{self, ConfigError};
 use crate::core::nip34::OwnRelay;
 use crate::core::url::RelayUrl;
 use crate::core::{Millis, SyncCore, SyncSettings};
@@ -22,6 +21,7 @@ use crate::k8s::consts::{
     CONTROLLER_LEASE, CONTROLLER_MANAGER, LEASE_DURATION, LEASE_RENEW_INTERVAL,
 };
 use crate::k8s::lease::{live_workers_at, worker_expiries, LeaderElector, LeaderState};
+use crate::k8s::process::{shutdown_signal, spawn_self_subscriber};
 use crate::observe::http::{self, HttpState};
 use crate::observe::metrics::{Metrics, ReasonLabel, ResultLabel};
 use crate::relay::own::{OwnRelayClient, OwnRelayError};
@@ -32,12 +32,11 @@ use kube::Client;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{watch, Notify};
 
 /// Why the controller could not start or run.
 #[derive(Debug, Error)]
@@ -56,22 +55,6 @@ pub enum ControllerError {
     /// No Kubernetes client could be built.
     #[error("kubernetes client: {0}")]
     Kube(#[from] kube::Error),
-    /// The config file could not be read.
-    #[error("reading {path}: {source}")]
-    ReadConfig {
-        /// The file.
-        path: String,
-        /// Cause.
-        source: std::io::Error,
-    },
-    /// The config file is invalid.
-    #[error("in {path}: {source}")]
-    Config {
-        /// The file.
-        path: String,
-        /// Cause.
-        source: ConfigError,
-    },
 }
 
 /// Everything `grasp-sync controller` is configured with.
@@ -138,45 +121,6 @@ pub fn default_identity() -> String {
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| format!("grasp-sync-controller-{}", std::process::id()))
-}
-
-/// The settings of a `--config` file (defaults without one).
-pub fn load_settings(path: Option<&Path>) -> Result<SyncSettings, ControllerError> {
-    let Some(path) = path else {
-        return Ok(SyncSettings::default());
-    };
-    let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| ControllerError::ReadConfig {
-        path: shown.clone(),
-        source,
-    })?;
-    config::settings_from_yaml(&text).map_err(|source| ControllerError::Config {
-        path: shown,
-        source,
-    })
-}
-
-/// Resolves on SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
 
 /// `grasp-sync controller`: the in-cluster (or kubeconfig) client, until SIGTERM.
@@ -454,34 +398,4 @@ async fn lead(
     if let Err(e) = elector.release().await {
         tracing::warn!(error = %e, "releasing the leader Lease failed");
     }
-}
-
-/// Subscribes to our relay (retrying until it answers) and feeds the core.
-fn spawn_self_subscriber(
-    own: OwnRelayClient,
-    engine: EngineHandle,
-    margin: Duration,
-    mut stop: watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let events: mpsc::Receiver<nostr::Event> = loop {
-            match own.self_subscribe(None, margin, 4096).await {
-                Ok(rx) => break rx,
-                Err(e) => {
-                    tracing::warn!(error = %e, "self-subscription to our relay failed; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-                        _ = stop.wait_for(|s| *s) => return,
-                    }
-                }
-            }
-        };
-        let invalid = engine.feed_own_events(events).await.unwrap_or(0);
-        if invalid > 0 {
-            tracing::warn!(
-                invalid,
-                "self-subscriber dropped events that did not verify"
-            );
-        }
-    })
 }
