@@ -13,6 +13,8 @@ mod support {
     pub mod apiserver;
     #[path = "bed.rs"]
     pub mod bed;
+    #[path = "guarded.rs"]
+    pub mod guarded;
 }
 
 use serde_yaml::Value;

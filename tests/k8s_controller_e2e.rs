@@ -21,7 +21,6 @@
 
 mod support;
 
-use grasp_sync::api::crd::crd_files;
 use grasp_sync::api::types::discovered_name;
 use grasp_sync::api::types::{RelayAllowlist, SyncRelay};
 use grasp_sync::core::url::RelayUrl;
@@ -34,16 +33,15 @@ use grasp_sync::k8s::controller::{run, ControllerOptions};
 use grasp_sync::k8s::lease::worker_lease;
 use grasp_sync::relay::own::{OwnRelayClient, PublishOutcome};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::ResourceExt;
 use serde_json::json;
-use std::future::Future;
-use std::net::SocketAddr;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use support::apiserver::TestApiServer;
 use support::bed::{announcement, embedded_relay, free_addr, scratch_dir};
+use support::k8s_bed::{
+    condition_status, create_namespace, from_json, http_get, install_crds, wait_for,
+};
 
 const NS: &str = "grasp-e2e";
 const LEASE_NS: &str = "grasp-e2e";
@@ -55,47 +53,6 @@ fn now() -> Millis {
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0),
     )
-}
-
-fn from_json<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
-    serde_json::from_value(v).expect("valid object")
-}
-
-/// Polls `check` every 100 ms until it returns `Some`, for at most `limit`.
-async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// `GET path` over HTTP/1.0: the status code and the whole response.
-async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf))
-        .await
-        .ok()?
-        .ok()?;
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let code = text.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, text))
 }
 
 fn options(own: &grasp_sync::core::RelayUrl, identity: &str) -> ControllerOptions {
@@ -110,15 +67,6 @@ fn options(own: &grasp_sync::core::RelayUrl, identity: &str) -> ControllerOption
     opts
 }
 
-fn condition_status(r: &SyncRelay, t: &str) -> Option<String> {
-    r.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == t)
-        .map(|c| format!("{:?}", c.status))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controller_assigns_drains_and_finalizes_against_a_real_apiserver() {
     let server = TestApiServer::start();
@@ -126,39 +74,9 @@ async fn controller_assigns_drains_and_finalizes_against_a_real_apiserver() {
     let dir = scratch_dir("controller-e2e");
     let relay = embedded_relay(&dir).await;
 
-    Api::<Namespace>::all(client.clone())
-        .create(
-            &PostParams::default(),
-            &from_json(json!({"metadata": {"name": NS}})),
-        )
-        .await
-        .expect("namespace");
-
+    create_namespace(&client, NS).await;
     // CRDs, exactly as rendered, become Established.
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for (file, yaml) in crd_files() {
-        let crd: CustomResourceDefinition = serde_yaml::from_str(&yaml).expect(file);
-        crds.create(&PostParams::default(), &crd)
-            .await
-            .unwrap_or_else(|e| panic!("create CRD {file}: {e}"));
-    }
-    for name in [
-        "syncrelays.sync.grasp.dev",
-        "relayallowlists.sync.grasp.dev",
-    ] {
-        wait_for("CRD Established", Duration::from_secs(20), || {
-            let crds = crds.clone();
-            async move {
-                let crd = crds.get(name).await.ok()?;
-                crd.status?
-                    .conditions?
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True")
-                    .then_some(())
-            }
-        })
-        .await;
-    }
+    install_crds(&client).await;
 
     let relays: Api<SyncRelay> = Api::namespaced(client.clone(), NS);
     let allowlists: Api<RelayAllowlist> = Api::namespaced(client.clone(), NS);

@@ -17,6 +17,8 @@ struct Control {
     stall: AtomicBool,
     drop_frames: AtomicU32,
     accepted: AtomicUsize,
+    active: AtomicUsize,
+    max_active: AtomicUsize,
     cut_tx: broadcast::Sender<()>,
 }
 
@@ -39,6 +41,8 @@ impl FaultProxy {
             stall: AtomicBool::new(false),
             drop_frames: AtomicU32::new(0),
             accepted: AtomicUsize::new(0),
+            active: AtomicUsize::new(0),
+            max_active: AtomicUsize::new(0),
             cut_tx,
         });
         let c = ctl.clone();
@@ -85,6 +89,23 @@ impl FaultProxy {
         self.ctl.drop_frames.store(n, Ordering::SeqCst);
     }
 
+    /// Websocket connections open now (a NIP-11 GET beside one is not counted).
+    pub fn active(&self) -> usize {
+        self.ctl.active.load(Ordering::SeqCst)
+    }
+
+    /// The most websocket connections open at once since the start or the last reset.
+    pub fn max_active(&self) -> usize {
+        self.ctl.max_active.load(Ordering::SeqCst)
+    }
+
+    /// Restarts [`FaultProxy::max_active`] from the connections open now.
+    pub fn reset_max_active(&self) {
+        self.ctl
+            .max_active
+            .store(self.ctl.active.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+
     /// Connections accepted so far.
     pub fn accepted(&self) -> usize {
         self.ctl.accepted.load(Ordering::SeqCst)
@@ -103,13 +124,24 @@ async fn pipe(inbound: TcpStream, outbound: TcpStream, ctl: Arc<Control>) {
     let (mut ci, mut co) = inbound.into_split();
     let (mut ri, mut ro) = outbound.into_split();
     let up_ctl = ctl.clone();
+    let counted = ctl.clone();
+    let websocket = Arc::new(AtomicBool::new(false));
+    let is_ws = websocket.clone();
     let up = async move {
         let mut buf = vec![0u8; 16 * 1024];
+        let mut first = true;
         loop {
             let n = match ci.read(&mut buf).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
+            // Count websocket upgrades only: the client's NIP-11 GET is a second, short
+            // connection that says nothing about who holds the relay.
+            if std::mem::take(&mut first) && is_upgrade(&buf[..n]) {
+                is_ws.store(true, Ordering::SeqCst);
+                let now = up_ctl.active.fetch_add(1, Ordering::SeqCst) + 1;
+                up_ctl.max_active.fetch_max(now, Ordering::SeqCst);
+            }
             wait_while_stalled(&up_ctl).await;
             if ro.write_all(&buf[..n]).await.is_err() {
                 return;
@@ -136,6 +168,15 @@ async fn pipe(inbound: TcpStream, outbound: TcpStream, ctl: Arc<Control>) {
         _ = down => {}
         _ = cut.recv() => {}
     }
+    if websocket.load(Ordering::SeqCst) {
+        counted.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn is_upgrade(request: &[u8]) -> bool {
+    String::from_utf8_lossy(request)
+        .to_ascii_lowercase()
+        .contains("upgrade: websocket")
 }
 
 async fn wait_while_stalled(ctl: &Control) {

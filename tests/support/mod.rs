@@ -4,6 +4,8 @@
 pub mod apiserver;
 pub mod bed;
 pub mod fault_proxy;
+pub mod guarded;
 pub mod hostile_relay;
+pub mod k8s_bed;
 pub mod py_relays;
 pub mod sync_bed;
