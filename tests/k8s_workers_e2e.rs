@@ -14,6 +14,8 @@
 //!    duration + 5 s.
 //! 5. A third worker: relays drain to it, and no proxy ever sees two connections at once.
 //! 6. Deleting a SyncRelay closes its connection and the finalizer goes.
+//! 7. An allowlist that starts denying the discovered relay makes the controller remove it.
+//! 8. SIGTERM: every relay reports `Connected` = False, `WorkerStopped`.
 //!
 //! Needs the binaries from `scripts/k8s-tools`. Every wait is bounded.
 
@@ -22,7 +24,7 @@ mod support;
 use grasp_sync::api::types::{discovered_name, RelayAllowlist, SyncRelay};
 use grasp_sync::core::url::RelayUrl;
 use grasp_sync::k8s::consts::{DRAIN_ANNOTATION, LEASE_DURATION, WORKER_LABEL};
-use kube::api::{Api, DeleteParams, ListParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::ResourceExt;
 use nostr::Keys;
 use serde_json::json;
@@ -310,7 +312,8 @@ async fn controller_and_worker_processes_sync_fail_over_rebalance_and_finalize()
     }
     let mut third = spawn_worker(&server, &dir, "worker-c", &own_url);
     third.wait_ready(Duration::from_secs(30)).await;
-    let settled = wait_for("rebalanced onto worker-c", Duration::from_secs(90), || {
+    // Under the controller's 30 s drain timeout: the moves went by acknowledgement.
+    let settled = wait_for("rebalanced onto worker-c", Duration::from_secs(25), || {
         let relays = relays.clone();
         let proxies = &proxies;
         let by_url = &by_url;
@@ -370,6 +373,37 @@ async fn controller_and_worker_processes_sync_fail_over_rebalance_and_finalize()
         },
     )
     .await;
+
+    // 7. The allowlist now denies the discovered relay's host: the controller removes the
+    //    discovered relay (its worker drains it first); explicit relays on that host stay.
+    allowlists
+        .patch(
+            "loopback",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"deny": [{"host": "127.0.0.1"}]}})),
+        )
+        .await
+        .expect("deny");
+    wait_for(
+        "denied discovered relay removed",
+        Duration::from_secs(40),
+        || {
+            let relays = relays.clone();
+            let name = name.clone();
+            let discovered = &proxies[0];
+            async move {
+                let gone = relays.get_opt(&name).await.ok()?.is_none();
+                (gone && discovered.active() == 0).then_some(())
+            }
+        },
+    )
+    .await;
+    let left = relays.list(&ListParams::default()).await.expect("list");
+    assert_eq!(
+        left.items.len(),
+        EXPLICIT - 1,
+        "explicit relays are never reaped"
+    );
 
     // Graceful stop: workers report WorkerStopped and release their Leases.
     // All at once: a worker that stops later would pick up the relays of one that stopped.

@@ -8,7 +8,7 @@ use crate::core::settings::RelayLimits;
 use crate::core::url::RelayUrl;
 use crate::k8s::consts::ALLOW_PRIVATE_ANNOTATION;
 use crate::k8s::controller::validate::validate_url;
-use crate::k8s::controller::view::{drain_annotation, is_deleting, is_discovered, worker_label};
+use crate::k8s::controller::view::{drain_annotation, is_discovered, worker_label};
 use kube::ResourceExt;
 
 /// What the relay's session should be, as far as this worker is concerned.
@@ -16,7 +16,8 @@ use kube::ResourceExt;
 pub enum Decision {
     /// Hold the relay: managed by the engine with these settings.
     Hold(HoldSpec),
-    /// Let go and acknowledge: a drain was asked (annotation) or the object is being deleted.
+    /// Let go and acknowledge: the controller asked for a drain (the annotation; it also
+    /// asks when the object is being deleted).
     Drain {
         /// The relay's URL, when it parses (there is nothing to close otherwise).
         url: Option<RelayUrl>,
@@ -47,7 +48,10 @@ pub fn decide(relay: &SyncRelay, me: &str, max_url_len: usize) -> Decision {
         return Decision::Release;
     }
     let url = validate_url(&relay.spec.url, max_url_len).url().cloned();
-    if is_deleting(relay) || drain_annotation(relay).is_some() {
+    // Only the annotation counts, not a deletion timestamp alone: the controller records
+    // what the status shows when it asks, and an acknowledgement written before it asked
+    // would be taken for a stale one (and the drain would wait for its timeout).
+    if drain_annotation(relay).is_some() {
         return Decision::Drain { url };
     }
     let Some(url) = url else {
@@ -127,11 +131,15 @@ mod tests {
             decide(&r, "w1", 512),
             Decision::Drain { url: Some(_) }
         ));
+        // Deleted but not yet asked: keep holding until the controller asks.
         let mut r = relay("wss://relay.example.org", Some("w1"));
         r.metadata.deletion_timestamp = Some(
             serde_json::from_value::<Time>(serde_json::json!("2026-01-01T00:00:00Z"))
                 .expect("time"),
         );
+        assert!(matches!(decide(&r, "w1", 512), Decision::Hold(_)));
+        r.annotations_mut()
+            .insert(DRAIN_ANNOTATION.into(), "-".into());
         assert!(matches!(decide(&r, "w1", 512), Decision::Drain { .. }));
     }
 
