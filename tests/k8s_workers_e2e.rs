@@ -139,7 +139,7 @@ async fn controller_and_worker_processes_sync_fail_over_rebalance_and_finalize()
             )
         })
         .collect();
-    publish(&remote.url(), &[repo.clone()]).await;
+    publish(&remote.url(), std::slice::from_ref(&repo)).await;
     publish(&remote.url(), &issues).await;
     publish(&own_url, &[repo]).await;
 
