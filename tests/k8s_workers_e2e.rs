@@ -24,6 +24,7 @@ mod support;
 use grasp_sync::api::types::{discovered_name, RelayAllowlist, SyncRelay};
 use grasp_sync::core::url::RelayUrl;
 use grasp_sync::k8s::consts::{DRAIN_ANNOTATION, LEASE_DURATION, WORKER_LABEL};
+use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::ResourceExt;
 use nostr::Keys;
@@ -426,6 +427,13 @@ async fn controller_and_worker_processes_sync_fail_over_rebalance_and_finalize()
             "{} after the workers stopped",
             r.name_any()
         );
+    }
+    // …and released their Leases (the controller would otherwise wait for them to expire).
+    let leases: Api<Lease> = Api::namespaced(client.clone(), NS);
+    for w in workers.keys() {
+        let lease = leases.get(w).await.expect("worker lease");
+        let holder = lease.spec.and_then(|s| s.holder_identity);
+        assert_eq!(holder, None, "{w} released its Lease");
     }
     controller.proc.stop_gracefully();
     own.shutdown();
