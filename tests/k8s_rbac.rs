@@ -1103,10 +1103,9 @@ async fn prove(mode: Mode) {
         ("controller", c, Op::CreateLease { ns: watch.clone() }),
         ("controller", c, Op::ListLeases { ns: other.clone() }),
     ];
-    // Not asserted (inside the chart's grant, though outside the job; reported, not tests of
-    // a gap the code hits): the worker's Role grants Events create/patch, yet the worker
-    // records no Events; and both Lease Roles grant update (no resourceNames), so the worker
-    // may also update the controller's leader Lease and other workers' Leases.
+    // Not asserted: both Lease Roles grant update without resourceNames (worker names follow
+    // the StatefulSet's scale), so the worker may also update the controller's leader Lease
+    // and other workers' Leases.
     // Secrets, workloads, namespaces, escalation: neither role.
     for (who, client) in [("worker", w), ("controller", c)] {
         for ns in [&rel, &watch] {
