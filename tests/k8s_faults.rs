@@ -383,7 +383,7 @@ async fn nothing_is_lost_under_the_fault_matrix() {
 
     // 6. The API server restarts while a new repo is being synced. Known intermittent (issue
     //    6, docs/reliability.md): the restart can outlive the worker's Lease, the worker drops
-    //    and re-takes its relays, and in one of three runs 78 of 1,200 events of the
+    //    and re-takes its relays, and in one of two runs 78 of 1,200 events of the
     //    interrupted download were never fetched again. Run with GRASP_SYNC_FAULTS_ALL=1
     //    until that is found; CI runs rows 1-5.
     if std::env::var_os("GRASP_SYNC_FAULTS_ALL").is_none() {
