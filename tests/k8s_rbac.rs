@@ -442,12 +442,26 @@ async fn attempt(client: &Client, op: &Op, dry_run: bool) -> Result<(), kube::Er
             .await
             .map(drop),
         Op::ReplaceRelay(relay) => {
-            let mut changed = (**relay).clone();
-            changed.spec.suspend = true;
-            relays(&relay.namespace().expect("namespaced"))
-                .replace(&relay.name_any(), &post_params(dry_run), &changed)
-                .await
-                .map(drop)
+            let api = relays(&relay.namespace().expect("namespaced"));
+            let mut base = (**relay).clone();
+            // RBAC is checked before the version, so a refused client gets its 403 at once;
+            // the admin's control retries on 409, since the roles keep writing status.
+            let mut result = Ok(());
+            for _ in 0..5 {
+                let mut changed = base.clone();
+                changed.spec.suspend = true;
+                result = api
+                    .replace(&relay.name_any(), &post_params(dry_run), &changed)
+                    .await
+                    .map(drop);
+                match &result {
+                    Err(kube::Error::Api(s)) if s.code == 409 => {
+                        base = api.get(&relay.name_any()).await?;
+                    }
+                    _ => break,
+                }
+            }
+            result
         }
         Op::PatchRelayLabel { ns, name } => relays(ns)
             .patch(

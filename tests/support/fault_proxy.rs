@@ -16,6 +16,8 @@ struct Control {
     refuse: AtomicBool,
     stall: AtomicBool,
     drop_frames: AtomicU32,
+    /// Pass bytes through untouched (not websocket traffic, e.g. TLS to an API server).
+    raw: bool,
     accepted: AtomicUsize,
     active: AtomicUsize,
     max_active: AtomicUsize,
@@ -33,6 +35,16 @@ pub struct FaultProxy {
 impl FaultProxy {
     /// Listens on a free 127.0.0.1 port and forwards to `upstream`.
     pub async fn start(upstream: SocketAddr) -> std::io::Result<Self> {
+        Self::start_with(upstream, false).await
+    }
+
+    /// Like [`FaultProxy::start`] for any TCP protocol (TLS, HTTP): cut, refuse and stall
+    /// work; frame dropping does not.
+    pub async fn start_raw(upstream: SocketAddr) -> std::io::Result<Self> {
+        Self::start_with(upstream, true).await
+    }
+
+    async fn start_with(upstream: SocketAddr, raw: bool) -> std::io::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (cut_tx, _) = broadcast::channel(16);
@@ -40,6 +52,7 @@ impl FaultProxy {
             refuse: AtomicBool::new(false),
             stall: AtomicBool::new(false),
             drop_frames: AtomicU32::new(0),
+            raw,
             accepted: AtomicUsize::new(0),
             active: AtomicUsize::new(0),
             max_active: AtomicUsize::new(0),
@@ -157,7 +170,11 @@ async fn pipe(inbound: TcpStream, outbound: TcpStream, ctl: Arc<Control>) {
                 Ok(n) => n,
             };
             wait_while_stalled(&ctl).await;
-            let out = frames.pass(&buf[..n], &ctl.drop_frames);
+            let out = if ctl.raw {
+                buf[..n].to_vec()
+            } else {
+                frames.pass(&buf[..n], &ctl.drop_frames)
+            };
             if co.write_all(&out).await.is_err() {
                 return;
             }
