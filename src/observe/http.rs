@@ -103,3 +103,19 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown)
         .await
 }
+
+/// Serves `state` on `listener` in a task until `stop` turns true; a failure is logged.
+pub fn spawn_until(
+    listener: TcpListener,
+    state: HttpState,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let stopped = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        if let Err(e) = serve(listener, state, stopped).await {
+            tracing::error!(error = %e, "http server failed");
+        }
+    })
+}

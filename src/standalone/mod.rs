@@ -210,15 +210,7 @@ impl Standalone {
         let mut state = HttpState::new(metrics.clone());
         state.status = Some(status_fn(engine.clone(), registry.clone(), store.clone()));
         state.ready.store(true, Ordering::Relaxed);
-        let mut http_stop = stop_rx.clone();
-        tasks.push(tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = http_stop.wait_for(|s| *s).await;
-            };
-            if let Err(e) = http::serve(listener, state, shutdown).await {
-                tracing::error!(error = %e, "http server failed");
-            }
-        }));
+        tasks.push(http::spawn_until(listener, state, stop_rx.clone()));
         tracing::info!(%own_url, http = %http_addr, "grasp-sync running");
 
         Ok(Standalone {

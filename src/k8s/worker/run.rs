@@ -395,15 +395,7 @@ pub async fn run(
     let ready = http_state.ready.clone();
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
-    let mut http_stop = stop_rx.clone();
-    tasks.push(tokio::spawn(async move {
-        let stopped = async move {
-            let _ = http_stop.wait_for(|s| *s).await;
-        };
-        if let Err(e) = http::serve(listener, http_state, stopped).await {
-            tracing::error!(error = %e, "http server failed");
-        }
-    }));
+    tasks.push(http::spawn_until(listener, http_state, stop_rx.clone()));
 
     // The engine, as in standalone mode; the controller decides discovery, so the core's
     // `Discovered` findings are dropped here.
