@@ -51,6 +51,13 @@ pub enum MetricEvent {
     BudgetLowered,
     /// Even one filter per layer does not fit the relay's budget.
     BudgetTooSmall,
+    /// A REQ walk could not page past a run of equal `created_at` longer than a page; when
+    /// `retried`, the part is redone by negentropy, otherwise the rest of the run is out of
+    /// reach.
+    HistoryTruncated {
+        /// Redone by negentropy.
+        retried: bool,
+    },
 }
 
 /// An instruction for the shell. The order of a returned list is the order to execute.
@@ -153,7 +160,7 @@ pub enum NegentropyOutcome {
     Done,
     /// The relay does not speak NIP-77.
     Unsupported,
-    /// Any other failure: the part falls back to REQ.
+    /// Any other failure: the part is retried by negentropy once, then falls back to REQ.
     Failed,
 }
 

@@ -83,6 +83,13 @@ pub struct QueuedPart {
     pub variants: Vec<TagVariant>,
     /// Negentropy or REQ.
     pub method: SyncMethod,
+    /// Negentropy sessions of this part that failed (the first failure is retried by
+    /// negentropy: an interrupted download is usually transient, and REQ cannot reach every
+    /// event).
+    pub neg_failures: u8,
+    /// The part was moved to negentropy because its REQ walk hit a run of equal `created_at`
+    /// longer than a page; a second truncated walk is then confirmed as the relay's limit.
+    pub escalated: bool,
 }
 
 /// A part in flight on one subscription id.
@@ -94,6 +101,8 @@ pub struct ActivePart {
     pub cursors: Vec<PageCursor>,
     /// Fails the batch if no EOSE or result arrives by then.
     pub deadline: Millis,
+    /// A finished cursor of this part left events of a long equal-`created_at` run behind.
+    pub truncated: bool,
 }
 
 /// One in-flight batch.

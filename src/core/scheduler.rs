@@ -50,6 +50,8 @@ impl SyncCore {
                 items: PartItems::Layer1,
                 variants: Vec::new(),
                 method,
+                neg_failures: 0,
+                escalated: false,
             });
         }
         let repo_chunks: Vec<Vec<_>> = items.repos.chunks(chunk).map(<[_]>::to_vec).collect();
@@ -158,6 +160,7 @@ impl SyncCore {
                     part,
                     cursors,
                     deadline,
+                    truncated: false,
                 },
             );
         }
@@ -223,12 +226,20 @@ impl SyncCore {
         for (i, mut cursor) in std::mem::take(&mut part.cursors).into_iter().enumerate() {
             let report = pages.get(i).copied().unwrap_or_default();
             match cursor.advance(report) {
-                PageStep::Done => self.stats.truncated_runs += u64::from(cursor.truncated_runs()),
+                PageStep::Done => {
+                    let runs = cursor.truncated_runs();
+                    self.stats.truncated_runs += u64::from(runs);
+                    part.truncated |= runs > 0;
+                }
                 PageStep::Next(_) => remaining.push(cursor),
             }
         }
         if remaining.is_empty() {
-            self.part_done(now, id, part.part.batch, out);
+            if part.truncated {
+                self.on_truncated_walk(now, id, part.part, out);
+            } else {
+                self.part_done(now, id, part.part.batch, out);
+            }
             return;
         }
         if self.needs_consolidate.contains(&id) {
@@ -376,10 +387,61 @@ impl SyncCore {
                 self.pump(now, id, out);
             }
             NegentropyOutcome::Failed => {
-                self.requeue_as_req(id, active.part);
+                let mut part = active.part;
+                part.neg_failures = part.neg_failures.saturating_add(1);
+                if part.neg_failures < MAX_NEG_FAILURES {
+                    // Most failures are an interrupted download (a CLOSED fetch, our relay
+                    // slow to list its items): negentropy again, since REQ paging cannot
+                    // reach a run of equal `created_at` longer than a page.
+                    self.requeue(id, part);
+                } else {
+                    self.requeue_as_req(id, part);
+                }
                 self.pump(now, id, out);
             }
         }
+    }
+
+    /// A REQ walk of this part ended with a run of equal `created_at` longer than a page, so
+    /// some of its events were never offered. Unless the relay is known to lack NIP-77 (or
+    /// negentropy already failed or was tried for this part), redo the part by negentropy,
+    /// which compares ids rather than timestamps. Otherwise that is all the relay can serve:
+    /// the part is done and the truncation counted, rather than retried forever.
+    fn on_truncated_walk(
+        &mut self,
+        now: Millis,
+        id: RelayId,
+        part: QueuedPart,
+        out: &mut Vec<Command>,
+    ) {
+        let nip77 = self
+            .relays
+            .get(&id)
+            .map_or(Nip77Support::Unsupported, |s| s.nip77);
+        let retry = !part.escalated
+            && part.neg_failures < MAX_NEG_FAILURES
+            && nip77 != Nip77Support::Unsupported;
+        self.metric(id, MetricEvent::HistoryTruncated { retried: retry }, out);
+        if !retry {
+            self.part_done(now, id, part.batch, out);
+            return;
+        }
+        let batch = part.batch;
+        let parts = negentropy_parts(part);
+        if parts.is_empty() {
+            self.part_done(now, id, batch, out);
+            return;
+        }
+        let added = u32::try_from(parts.len() - 1).unwrap_or(u32::MAX);
+        if let Some(p) = self.pending.get_mut(&id) {
+            if let Some(b) = p.batches.get_mut(&batch) {
+                b.parts_left = b.parts_left.saturating_add(added);
+            }
+            for q in parts.into_iter().rev() {
+                p.queue.push_front(q);
+            }
+        }
+        self.pump(now, id, out);
     }
 
     /// Remembers for this connection that NIP-77 is absent; queued negentropy parts switch to
@@ -555,6 +617,46 @@ impl SyncCore {
     }
 }
 
+/// Negentropy sessions of one part that may fail before it falls back to REQ.
+const MAX_NEG_FAILURES: u8 = 2;
+
+/// A REQ part reshaped for negentropy, which takes one filter per session: one part per
+/// (chunk, variant), marked as escalated.
+fn negentropy_parts(part: QueuedPart) -> Vec<QueuedPart> {
+    let variants: Vec<TagVariant> = if part.variants.is_empty() {
+        TAG_VARIANTS.to_vec()
+    } else {
+        part.variants.clone()
+    };
+    let reshape = |items: PartItems, variant: Option<TagVariant>| QueuedPart {
+        batch: part.batch,
+        items,
+        variants: variant.into_iter().collect(),
+        method: SyncMethod::Negentropy,
+        neg_failures: part.neg_failures,
+        escalated: true,
+    };
+    match &part.items {
+        PartItems::Layer1 => vec![reshape(PartItems::Layer1, None)],
+        PartItems::Repos(chunks) => chunks
+            .iter()
+            .flat_map(|c| {
+                variants
+                    .iter()
+                    .map(|v| reshape(PartItems::Repos(vec![c.clone()]), Some(*v)))
+            })
+            .collect(),
+        PartItems::Roots(chunks) => chunks
+            .iter()
+            .flat_map(|c| {
+                variants
+                    .iter()
+                    .map(|v| reshape(PartItems::Roots(vec![c.clone()]), Some(*v)))
+            })
+            .collect(),
+    }
+}
+
 /// Splits chunks into parts: one per (chunk, variant) for negentropy, which takes one filter
 /// per session; for REQ, as many chunks per part as fit the relay's filters-per-REQ.
 fn split_parts<T: Clone>(
@@ -574,6 +676,8 @@ fn split_parts<T: Clone>(
                     items: wrap(vec![c.clone()]),
                     variants: vec![*v],
                     method,
+                    neg_failures: 0,
+                    escalated: false,
                 })
             })
             .collect();
@@ -586,6 +690,8 @@ fn split_parts<T: Clone>(
             items: wrap(group.to_vec()),
             variants: Vec::new(),
             method,
+            neg_failures: 0,
+            escalated: false,
         })
         .collect()
 }

@@ -315,6 +315,10 @@ impl Metrics {
             MetricEvent::RateLimited => lifecycle("rate_limited"),
             MetricEvent::BudgetLowered => lifecycle("budget_lowered"),
             MetricEvent::BudgetTooSmall => lifecycle("budget_too_small"),
+            MetricEvent::HistoryTruncated { retried: true } => {
+                lifecycle("history_truncated_retried")
+            }
+            MetricEvent::HistoryTruncated { retried: false } => lifecycle("history_truncated"),
             MetricEvent::BatchStarted(m) => {
                 self.batches_started.get_or_create(&method(m)).inc();
             }
