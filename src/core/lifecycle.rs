@@ -159,7 +159,8 @@ impl SyncCore {
         if let Some(rm) = remove {
             self.drop_confirmed(id, &rm.repos, &rm.root_events);
         }
-        let (mut repos, mut roots) = self.confirmed_items(id);
+        let (confirmed_repos, confirmed_roots) = self.confirmed_items(id);
+        let (mut repos, mut roots) = (confirmed_repos.clone(), confirmed_roots.clone());
         let add = add.unwrap_or(AddFilters {
             relay: id,
             ..AddFilters::default()
@@ -177,6 +178,37 @@ impl SyncCore {
         if self.relays.get(&id).is_some_and(|s| !s.layer1_confirmed) {
             self.start_layer1(now, id, None, out);
         }
+        // The old live REQs were closed before the new ones opened.
+        self.catch_up_gap(now, id, true, confirmed_repos, confirmed_roots, out);
+    }
+
+    /// Live coverage of these confirmed items (and of layer 1, when `layer1`) was closed
+    /// before its replacement was open, so an event the relay received in between went to
+    /// neither (the soak found such losses after consolidations). Catch up as a quick
+    /// reconnect does: REQ since now minus the quick-reconnect window, confirmed again only
+    /// when that confirms (a catch-up cut short demotes its items, so nothing is left behind).
+    fn catch_up_gap(
+        &mut self,
+        now: Millis,
+        id: RelayId,
+        layer1: bool,
+        repos: Vec<RepoId>,
+        roots: Vec<RootId>,
+        out: &mut Vec<Command>,
+    ) {
+        let since = (now - self.settings.quick_reconnect_window).to_timestamp();
+        let l1_confirmed = self.relays.get(&id).is_some_and(|s| s.layer1_confirmed);
+        if layer1 && l1_confirmed {
+            if let Some(s) = self.relays.get_mut(&id) {
+                s.layer1_confirmed = false;
+            }
+            self.start_layer1(now, id, Some(since), out);
+        }
+        let items = PendingItems {
+            repos,
+            root_events: roots,
+        };
+        self.start_batch(now, id, BatchKind::CatchUp, items, Some(since), out);
     }
 
     /// `handle_new_sync_filters`: ensure the connection, consolidate if the budget would be
@@ -353,6 +385,19 @@ impl SyncCore {
         self.subscribe_planned(id, plan, out);
         if overlap_fits {
             out.extend(unsubscribe);
+        } else {
+            let confirmed = self.relays.get(&id);
+            let repos: Vec<RepoId> = keep_repos
+                .iter()
+                .copied()
+                .filter(|r| confirmed.is_some_and(|s| s.repos.contains(r)))
+                .collect();
+            let roots: Vec<RootId> = keep_roots
+                .iter()
+                .copied()
+                .filter(|r| confirmed.is_some_and(|s| s.root_events.contains(r)))
+                .collect();
+            self.catch_up_gap(now, id, layer1, repos, roots, out);
         }
     }
 

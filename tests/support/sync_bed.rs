@@ -24,7 +24,26 @@ pub struct RemoteRelay {
 impl RemoteRelay {
     /// Starts one on a free port.
     pub async fn start() -> RemoteRelay {
-        let addr = free_addr();
+        Self::start_at(free_addr()).await
+    }
+
+    /// Starts one on `addr` (a restart on the same port: the listener of a relay just stopped
+    /// may take a moment to go, so binding is retried for up to 5 s).
+    pub async fn start_at(addr: SocketAddr) -> RemoteRelay {
+        let start = Instant::now();
+        loop {
+            match Self::try_start(addr).await {
+                Some(r) => return r,
+                None if start.elapsed() < Duration::from_secs(5) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                None => panic!("remote relay cannot bind {addr}"),
+            }
+        }
+    }
+
+    async fn try_start(addr: SocketAddr) -> Option<RemoteRelay> {
+        std::net::TcpListener::bind(addr).ok()?;
         let builder = RelayBuilder::default()
             .addr(addr.ip())
             .port(addr.port())
@@ -34,8 +53,8 @@ impl RemoteRelay {
                 notes_per_minute: 1_000_000,
             });
         let relay = LocalRelay::new(builder);
-        relay.run().await.expect("remote relay starts");
-        RemoteRelay { relay, addr }
+        relay.run().await.ok()?;
+        Some(RemoteRelay { relay, addr })
     }
 
     /// `ws://127.0.0.1:PORT`.
