@@ -27,6 +27,27 @@ fn free_addr() -> SocketAddr {
         .expect("port")
 }
 
+/// User + system CPU time of this process so far, in seconds (0 where /proc is unavailable).
+fn cpu_secs() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the whole line: indices 11 and 12 here. 100 ticks/s is
+    // the Linux USER_HZ everywhere this runs.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -148,17 +169,33 @@ async fn ingest(n: usize, memory_own: bool) {
         app("ingest", "").await
     };
     let own = app.own_url().to_string();
+    perf_control("enable");
+    let cpu0 = cpu_secs();
     let t0 = Instant::now();
     publish(&own, &[announcement(&keys, &[&own, &url])]).await;
+    wait_forwarded(&app, 1, Duration::from_secs(60)).await;
+    let first = t0.elapsed();
     wait_forwarded(&app, n, Duration::from_secs(600)).await;
-    let rate = n as f64 / t0.elapsed().as_secs_f64();
+    let elapsed = t0.elapsed().as_secs_f64();
+    let cpu = cpu_secs() - cpu0;
+    let rate = n as f64 / elapsed;
+    perf_control("disable");
     println!(
-        "ingest ({}): {n} events in {:.2}s = {rate:.0} ev/s; single-core verify {verify_rate:.0} ev/s; ratio {:.2}",
+        "ingest ({}): {n} events in {elapsed:.2}s = {rate:.0} ev/s; single-core verify {verify_rate:.0} ev/s; ratio {:.2}; first event after {:.2}s; process CPU {cpu:.2}s ({:.0} µs/event, both relays included)",
         if memory_own { "in-memory own relay" } else { "embedded LMDB own relay" },
-        t0.elapsed().as_secs_f64(),
-        rate / verify_rate
+        rate / verify_rate,
+        first.as_secs_f64(),
+        cpu * 1e6 / n as f64,
     );
     app.shutdown(Duration::from_secs(10)).await;
+}
+
+/// With `SYNC_LOAD_PERF_CTL=FIFO` (perf record's `--control fifo:FIFO` with `-D -1`), profiles
+/// only the measured phase.
+fn perf_control(what: &str) {
+    if let Ok(path) = std::env::var("SYNC_LOAD_PERF_CTL") {
+        let _ = std::fs::write(path, format!("{what}\n"));
+    }
 }
 
 async fn app_with_own(name: &str, own: &str) -> Standalone {
@@ -251,6 +288,11 @@ async fn idle(n: usize) {
 
 #[tokio::main]
 async fn main() {
+    // `RUST_LOG` selects log lines (e.g. `nostr_lmdb=debug` shows the store's batch sizes).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .try_init();
     let args: Vec<String> = std::env::args().collect();
     let what = args.get(1).map(String::as_str).unwrap_or("ingest");
     let n: usize = args

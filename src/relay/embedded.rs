@@ -1,7 +1,17 @@
 //! The embedded relay: our relay when no `--own-relay` is given. nostr-relay-builder's
 //! `LocalRelay` (NIP-01 and NIP-77) on persistent LMDB storage, with a write policy that keeps
 //! only the announcements that list this relay (or every one, under `scope: All`).
+//!
+//! In the same process, the forwarder writes into the store directly ([`DirectWriter`], found
+//! by URL through [`direct_writer`]) instead of through the relay's websocket: the relay would
+//! verify every signature a second time, and it handles one connection's events one at a time,
+//! so LMDB would commit (and fsync) each on its own. Direct saves run concurrently and
+//! nostr-lmdb's ingester commits all that are waiting in one transaction. The writer applies
+//! the same rules the relay applies to an EVENT, and tells the relay's subscribers (the
+//! self-subscriber among them) about each stored event.
 
+use super::forward::OkRejection;
+use super::own::PublishOutcome;
 use crate::core::nip34::{parse_announcement, OwnRelay, ParseLimits, KIND_REPO_ANNOUNCEMENT};
 use crate::core::settings::Scope;
 use crate::core::url::RelayUrl;
@@ -9,11 +19,12 @@ use nostr::{Event, Kind};
 use nostr_lmdb::NostrLMDB;
 use nostr_relay_builder::builder::{PolicyResult, RateLimit, RelayBuilder, WritePolicy};
 use nostr_relay_builder::LocalRelay;
-use nostr_sdk::prelude::NostrDatabase;
+use nostr_sdk::prelude::{NostrDatabase, RejectedReason, SaveEventStatus};
 use nostr_sdk::util::BoxedFuture;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use thiserror::Error;
 
 /// Events a REQ without `limit` returns. The self-subscriber's first read must see every
@@ -133,6 +144,108 @@ impl WritePolicy for AnnouncementPolicy {
     }
 }
 
+/// Writes checked events straight into a running embedded relay's store.
+///
+/// Holds the relay weakly: the [`EmbeddedRelay`] owns its store, and a client that outlives it
+/// must not keep the LMDB environment open (a restart on the same directory could not open it
+/// again). Writes after the relay is gone fail, and are retried, as over a closed websocket.
+#[derive(Clone)]
+pub struct DirectWriter {
+    inner: Weak<WriterInner>,
+}
+
+struct WriterInner {
+    url: RelayUrl,
+    store: Arc<dyn NostrDatabase>,
+    relay: LocalRelay,
+    policy: AnnouncementPolicy,
+    /// Set by [`EmbeddedRelay::shutdown`]: writes then fail (and are retried) as they would
+    /// over a closed websocket.
+    closed: AtomicBool,
+}
+
+impl std::fmt::Debug for WriterInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriterInner")
+            .field("url", &self.url)
+            .field("closed", &self.closed)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for DirectWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirectWriter")
+            .field("url", &self.inner.upgrade().map(|w| w.url.clone()))
+            .finish()
+    }
+}
+
+/// Embedded relays running in this process, by URL (weak: a dropped relay leaves no writer).
+static RUNNING: Mutex<Vec<Weak<WriterInner>>> = Mutex::new(Vec::new());
+
+/// The direct writer of the embedded relay listening at `url` in this process, if any.
+pub fn direct_writer(url: &RelayUrl) -> Option<DirectWriter> {
+    let mut running = RUNNING.lock().unwrap_or_else(|p| p.into_inner());
+    running.retain(|w| w.strong_count() > 0);
+    running
+        .iter()
+        .filter_map(Weak::upgrade)
+        .find(|w| w.url == *url && !w.closed.load(Ordering::Relaxed))
+        .map(|inner| DirectWriter {
+            inner: Arc::downgrade(&inner),
+        })
+}
+
+impl DirectWriter {
+    /// Stores an event whose id and signature the caller has verified, applying the rules the
+    /// relay applies to an EVENT after verification (NIP-70 protected events need AUTH, which
+    /// the forwarder never does; the write policy; deletions), with the same `OK` messages.
+    pub async fn publish_checked(&self, event: &Event) -> PublishOutcome {
+        let Some(w) = self.inner.upgrade() else {
+            return PublishOutcome::Failed("our relay is shut down".into());
+        };
+        if w.closed.load(Ordering::Relaxed) {
+            return PublishOutcome::Failed("our relay is shut down".into());
+        }
+        if event.is_protected() {
+            return PublishOutcome::Rejected(
+                OkRejection::Restricted,
+                "auth-required: you must auth".into(),
+            );
+        }
+        if let PolicyResult::Reject(m) = w.policy.check(event) {
+            return PublishOutcome::Rejected(OkRejection::Blocked, format!("blocked: {m}"));
+        }
+        if event.kind.is_ephemeral() {
+            w.relay.notify_event(event.clone());
+            return PublishOutcome::Stored;
+        }
+        match w.store.save_event(event).await {
+            Ok(SaveEventStatus::Success) => {
+                w.relay.notify_event(event.clone());
+                PublishOutcome::Stored
+            }
+            Ok(SaveEventStatus::Rejected(RejectedReason::Duplicate)) => PublishOutcome::Stored,
+            // The relay checks deleted ids before saving and answers this; an event whose
+            // address was deleted after it was made is refused by the store itself, which the
+            // relay reports as `error: unknown`. Both are final: `blocked`, not retried.
+            Ok(SaveEventStatus::Rejected(RejectedReason::Deleted)) => PublishOutcome::Rejected(
+                OkRejection::Blocked,
+                "blocked: this event is deleted".into(),
+            ),
+            // What the relay answers for the other refusals (a replaced event, …).
+            Ok(SaveEventStatus::Rejected(_)) => {
+                PublishOutcome::Rejected(OkRejection::Error, "error: unknown".into())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot save an event into the embedded store");
+                PublishOutcome::Rejected(OkRejection::Error, "error: database error".into())
+            }
+        }
+    }
+}
+
 /// A running embedded relay.
 #[derive(Debug)]
 pub struct EmbeddedRelay {
@@ -140,6 +253,8 @@ pub struct EmbeddedRelay {
     store: Arc<dyn NostrDatabase>,
     url: RelayUrl,
     addr: SocketAddr,
+    /// The only strong reference: writers hold it weakly.
+    writer: Arc<WriterInner>,
 }
 
 impl EmbeddedRelay {
@@ -155,6 +270,7 @@ impl EmbeddedRelay {
         })?;
         let store: Arc<dyn NostrDatabase> = Arc::new(store);
         let own = config.own_relay()?;
+        let policy = AnnouncementPolicy::new(own.clone(), config.scope);
         let url = config.listen_url()?;
         let builder = RelayBuilder::default()
             .addr(config.listen.ip())
@@ -173,11 +289,23 @@ impl EmbeddedRelay {
             listen: config.listen,
             message: e.to_string(),
         })?;
+        let writer = Arc::new(WriterInner {
+            url: url.clone(),
+            store: store.clone(),
+            relay: relay.clone(),
+            policy,
+            closed: AtomicBool::new(false),
+        });
+        RUNNING
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Arc::downgrade(&writer));
         Ok(EmbeddedRelay {
             relay,
             store,
             url,
             addr: config.listen,
+            writer,
         })
     }
 
@@ -196,8 +324,16 @@ impl EmbeddedRelay {
         self.addr
     }
 
+    /// Writes into the store without a websocket (see [`DirectWriter`]).
+    pub fn writer(&self) -> DirectWriter {
+        DirectWriter {
+            inner: Arc::downgrade(&self.writer),
+        }
+    }
+
     /// Stops accepting connections and closes the store.
     pub fn shutdown(&self) {
+        self.writer.closed.store(true, Ordering::Relaxed);
         self.relay.shutdown();
     }
 }
@@ -206,6 +342,7 @@ impl EmbeddedRelay {
 mod tests {
     use super::*;
     use nostr::{EventBuilder, Keys, Tag, TagKind};
+    use std::time::Duration;
 
     fn announcement(relays: &[&str]) -> Event {
         EventBuilder::new(Kind::Custom(30617), "")
@@ -220,6 +357,105 @@ mod tests {
     fn policy(scope: Scope) -> AnnouncementPolicy {
         let own = OwnRelay::new([RelayUrl::parse("ws://127.0.0.1:7777").expect("valid")]);
         AnnouncementPolicy::new(own, scope)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_direct_writer_applies_the_relays_rules() {
+        use nostr_sdk::prelude::{Client, Filter, RelayPoolNotification};
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port");
+        let dir = std::env::temp_dir().join(format!(
+            "grasp-direct-{}-{}",
+            std::process::id(),
+            addr.port()
+        ));
+        let relay = EmbeddedRelay::start(EmbeddedRelayConfig::new(addr, dir.clone()))
+            .await
+            .expect("starts");
+        let writer = direct_writer(relay.url()).expect("registered under its URL");
+        let client = Client::default();
+        client.add_relay(relay.url().as_str()).await.expect("add");
+        client.connect().await;
+        client.wait_for_connection(Duration::from_secs(5)).await;
+        client
+            .subscribe(Filter::new().kind(Kind::TextNote), None)
+            .await
+            .expect("subscribe");
+        let mut notes = client.notifications();
+        let keys = Keys::generate();
+
+        // Stored, told to the relay's subscribers, then a duplicate (stored as well).
+        let note = EventBuilder::text_note("hi")
+            .sign_with_keys(&keys)
+            .expect("sign");
+        assert_eq!(writer.publish_checked(&note).await, PublishOutcome::Stored);
+        let seen = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match notes.recv().await {
+                    Ok(RelayPoolNotification::Event { event, .. }) if event.id == note.id => {
+                        return true
+                    }
+                    Ok(_) => {}
+                    Err(_) => return false,
+                }
+            }
+        })
+        .await;
+        assert_eq!(seen, Ok(true), "subscribers hear of a direct write");
+        assert_eq!(writer.publish_checked(&note).await, PublishOutcome::Stored);
+
+        // NIP-70 protected: the relay would ask for AUTH, which the forwarder never gives.
+        let protected = EventBuilder::text_note("mine")
+            .tag(Tag::protected())
+            .sign_with_keys(&keys)
+            .expect("sign");
+        assert!(matches!(
+            writer.publish_checked(&protected).await,
+            PublishOutcome::Rejected(OkRejection::Restricted, _)
+        ));
+        // The write policy.
+        assert!(matches!(
+            writer
+                .publish_checked(&announcement(&["wss://elsewhere.example"]))
+                .await,
+            PublishOutcome::Rejected(OkRejection::Blocked, _)
+        ));
+        // Stored, then deleted by its author: offered again, refused for good.
+        let doomed = EventBuilder::text_note("bye")
+            .sign_with_keys(&keys)
+            .expect("sign");
+        assert_eq!(
+            writer.publish_checked(&doomed).await,
+            PublishOutcome::Stored
+        );
+        let deletion =
+            EventBuilder::delete(nostr::nips::nip09::EventDeletionRequest::new().id(doomed.id))
+                .sign_with_keys(&keys)
+                .expect("sign");
+        assert_eq!(
+            writer.publish_checked(&deletion).await,
+            PublishOutcome::Stored
+        );
+        assert!(matches!(
+            writer.publish_checked(&doomed).await,
+            PublishOutcome::Rejected(OkRejection::Blocked, _)
+        ));
+
+        // Gone with the relay: a failure to retry, and no writer found for its URL.
+        client.shutdown().await;
+        relay.shutdown();
+        assert!(matches!(
+            writer.publish_checked(&note).await,
+            PublishOutcome::Failed(_)
+        ));
+        assert!(direct_writer(relay.url()).is_none());
+        drop(relay);
+        assert!(matches!(
+            writer.publish_checked(&note).await,
+            PublishOutcome::Failed(_)
+        ));
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

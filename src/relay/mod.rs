@@ -2,8 +2,8 @@
 //!
 //! Remote relays are spoken to over a raw websocket (`wire`, `session`): nostr-sdk's pool
 //! drops invalid or unrequested events before we could count them, takes one filter per REQ,
-//! and re-resolves DNS after our SSRF check. Our own relay (and the embedded one) use
-//! nostr-sdk (`own`, `embedded`).
+//! and re-resolves DNS after our SSRF check. Our own relay (and the embedded one) is read
+//! through nostr-sdk (`own`, `embedded`) and written through raw websockets (`publisher`).
 
 pub mod dedup;
 pub mod embedded;
@@ -12,6 +12,7 @@ pub mod forwarder;
 pub mod negentropy;
 pub mod own;
 pub mod pool;
+pub mod publisher;
 pub mod session;
 pub mod ssrf;
 pub mod wire;

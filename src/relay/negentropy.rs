@@ -1,6 +1,7 @@
 //! One NIP-77 reconciliation as the initiator, without I/O: built from our relay's item set for
 //! the filter, it turns each NEG-MSG into the next message, collects the ids we lack, then
-//! plans their download in chunks and checks that every requested id arrived.
+//! plans their download (REQs of several id filters) and checks that every requested id
+//! arrived.
 
 use nostr::{EventId, Filter, Timestamp};
 use std::collections::{HashSet, VecDeque};
@@ -99,96 +100,109 @@ impl Reconciler {
         })
     }
 
-    /// The ids our relay lacks, de-duplicated, in chunks.
-    pub fn into_fetch(self, chunk: usize) -> Fetch {
+    /// The ids our relay lacks, de-duplicated, to be downloaded in REQs of `per_req` filters of
+    /// at most `per_filter` ids each.
+    pub fn into_fetch(self, per_filter: usize, per_req: usize) -> Fetch {
         let mut seen = HashSet::new();
         let ids: Vec<EventId> = self
             .need
             .into_iter()
             .filter(|id| seen.insert(*id))
             .collect();
-        Fetch::new(ids, chunk)
+        Fetch::new(ids, per_filter, per_req)
     }
 }
 
-/// Downloading the missing ids, one chunk (one REQ) at a time.
+/// Downloading the missing ids, one REQ at a time. A REQ carries several filters of ids (all
+/// within one subscription, so the relay's subscription budget is untouched): fewer round
+/// trips, and fewer passes over the store for a relay that scans per filter.
 #[derive(Debug, Clone)]
 pub struct Fetch {
-    queue: VecDeque<Vec<EventId>>,
+    queue: VecDeque<EventId>,
     awaiting: HashSet<EventId>,
-    current: Vec<EventId>,
+    /// The filters of the REQ in flight (arrivals are matched against them).
+    current: Vec<Filter>,
     retried: bool,
+    per_filter: usize,
+    per_req: usize,
     /// Ids requested in all.
     pub total: usize,
 }
 
-/// What to do after a chunk's EOSE.
+/// What to do after a REQ's EOSE.
 #[derive(Debug, Clone, PartialEq)]
 pub enum FetchStep {
-    /// Request this filter next.
-    Request(Filter),
+    /// Request these filters next (one REQ).
+    Request(Vec<Filter>),
     /// Every id arrived.
     Done,
     /// Ids still missing after a retry.
     Missing(usize),
 }
 
+/// Most ids one download filter carries (relays cap `limit`; ours is the id count).
+pub const MAX_FILTER_IDS: usize = 500;
+
 impl Fetch {
-    fn new(ids: Vec<EventId>, chunk: usize) -> Self {
-        let total = ids.len();
-        let queue = ids
-            .chunks(chunk.clamp(1, 500))
-            .map(<[EventId]>::to_vec)
-            .collect();
+    fn new(ids: Vec<EventId>, per_filter: usize, per_req: usize) -> Self {
         Fetch {
-            queue,
+            total: ids.len(),
+            queue: ids.into(),
             awaiting: HashSet::new(),
             current: Vec::new(),
             retried: false,
-            total,
+            per_filter: per_filter.clamp(1, MAX_FILTER_IDS),
+            per_req: per_req.max(1),
         }
     }
 
-    fn filter(ids: &[EventId]) -> Filter {
-        Filter::new().ids(ids.iter().copied()).limit(ids.len())
+    fn filters(&self, ids: &[EventId]) -> Vec<Filter> {
+        ids.chunks(self.per_filter)
+            .map(|c| Filter::new().ids(c.iter().copied()).limit(c.len()))
+            .collect()
     }
 
     /// The first request, or `Done` when nothing is missing.
     pub fn begin(&mut self) -> FetchStep {
-        self.next_chunk()
+        self.next_req()
     }
 
-    fn next_chunk(&mut self) -> FetchStep {
-        match self.queue.pop_front() {
-            None => FetchStep::Done,
-            Some(ids) => {
-                self.awaiting = ids.iter().copied().collect();
-                self.current = ids;
-                self.retried = false;
-                FetchStep::Request(Self::filter(&self.current))
-            }
+    fn request(&mut self, ids: Vec<EventId>) -> FetchStep {
+        self.current = self.filters(&ids);
+        self.awaiting = ids.into_iter().collect();
+        FetchStep::Request(self.current.clone())
+    }
+
+    fn next_req(&mut self) -> FetchStep {
+        if self.queue.is_empty() {
+            self.current.clear();
+            return FetchStep::Done;
         }
+        let n = self.queue.len().min(self.per_filter * self.per_req);
+        let ids: Vec<EventId> = self.queue.drain(..n).collect();
+        self.retried = false;
+        self.request(ids)
     }
 
-    /// The filter of the chunk in flight (for matching arrivals).
-    pub fn current_filter(&self) -> Filter {
-        Self::filter(&self.current)
+    /// The filters of the REQ in flight (for matching arrivals).
+    pub fn current_filters(&self) -> &[Filter] {
+        &self.current
     }
 
-    /// An event with this id arrived on the chunk's subscription.
-    pub fn arrived(&mut self, id: &EventId) {
-        self.awaiting.remove(id);
+    /// An event with this id arrived on the REQ's subscription; true if it was still awaited.
+    pub fn arrived(&mut self, id: &EventId) -> bool {
+        self.awaiting.remove(id)
     }
 
-    /// The chunk's EOSE: ask again once for stragglers, then move on.
+    /// The REQ's EOSE: ask again once for stragglers, then move on.
     pub fn on_eose(&mut self) -> FetchStep {
         if self.awaiting.is_empty() {
-            return self.next_chunk();
+            return self.next_req();
         }
         if !self.retried {
             self.retried = true;
-            self.current = self.awaiting.iter().copied().collect();
-            return FetchStep::Request(Self::filter(&self.current));
+            let ids: Vec<EventId> = self.awaiting.iter().copied().collect();
+            return self.request(ids);
         }
         FetchStep::Missing(self.awaiting.len())
     }
@@ -221,11 +235,18 @@ mod tests {
             match client.on_message(&hex::encode(reply)).expect("step") {
                 NegStep::Send(next) => msg = next,
                 NegStep::Finished => {
-                    let mut f = client.into_fetch(100);
+                    let mut f = client.into_fetch(100, 2);
                     let mut ids = Vec::new();
                     let mut step = f.begin();
-                    while let FetchStep::Request(filter) = step {
-                        let chunk: Vec<EventId> = filter.ids.iter().flatten().copied().collect();
+                    while let FetchStep::Request(filters) = step {
+                        assert!(filters.len() <= 2);
+                        assert!(filters
+                            .iter()
+                            .all(|f| f.ids.as_ref().map_or(0, |i| i.len()) <= 100));
+                        let chunk: Vec<EventId> = filters
+                            .iter()
+                            .flat_map(|f| f.ids.iter().flatten().copied())
+                            .collect();
                         ids.extend(chunk.iter().copied());
                         for i in &chunk {
                             f.arrived(i);
@@ -258,18 +279,24 @@ mod tests {
 
     #[test]
     fn fetch_retries_once_then_reports_missing() {
-        let mut f = Fetch::new((0..150).map(id).collect(), 100);
+        let mut f = Fetch::new((0..150).map(id).collect(), 60, 2);
         let FetchStep::Request(first) = f.begin() else {
             panic!("request")
         };
-        assert_eq!(first.ids.as_ref().map(|s| s.len()), Some(100));
-        for n in 0..99 {
-            f.arrived(&id(n));
+        let sizes: Vec<usize> = first
+            .iter()
+            .map(|f| f.ids.as_ref().map_or(0, |s| s.len()))
+            .collect();
+        assert_eq!(sizes, vec![60, 60]);
+        for n in 0..119 {
+            assert!(f.arrived(&id(n)));
         }
+        assert!(!f.arrived(&id(140)), "not in this REQ");
         let FetchStep::Request(retry) = f.on_eose() else {
             panic!("retry")
         };
-        assert_eq!(retry.ids.as_ref().map(|s| s.len()), Some(1));
+        assert_eq!(retry.len(), 1);
+        assert_eq!(retry[0].ids.as_ref().map(|s| s.len()), Some(1));
         assert_eq!(f.on_eose(), FetchStep::Missing(1));
     }
 

@@ -1,8 +1,12 @@
 //! The client of our own relay: publishing forwarded events (with `OK false` classified),
 //! the item set our relay holds for a filter (what negentropy reconciles against), and the
-//! self-subscriber that feeds the core's RepoSyncIndex.
+//! self-subscriber that feeds the core's RepoSyncIndex. Publishing goes through our own
+//! [`Publisher`] (several raw websockets, many EVENTs in flight); reading and the
+//! self-subscriber use nostr-sdk.
 
+use super::embedded::{direct_writer, DirectWriter};
 use super::forward::OkRejection;
+use super::publisher::{Publisher, PublisherConfig};
 use crate::core::nip34::SELF_SUBSCRIBER_KINDS;
 use crate::core::url::RelayUrl;
 use nostr::{Event, EventId, Filter, Kind, RelayMessage, SubscriptionId, Timestamp};
@@ -97,6 +101,11 @@ impl LocalSet {
 pub struct OwnRelayClient {
     client: Client,
     url: RelayUrl,
+    /// Opens its connections on the first publish: a process that only reads (the
+    /// controller) opens none.
+    publisher: Publisher,
+    /// When our relay is the embedded one in this process: its store, written directly.
+    direct: Option<DirectWriter>,
 }
 
 impl OwnRelayClient {
@@ -115,6 +124,8 @@ impl OwnRelayClient {
         Ok(OwnRelayClient {
             client,
             url: url.clone(),
+            publisher: Publisher::new(url.clone(), PublisherConfig::default()),
+            direct: direct_writer(url),
         })
     }
 
@@ -123,25 +134,26 @@ impl OwnRelayClient {
         &self.url
     }
 
-    /// Publishes one event and classifies the answer.
+    /// Publishes one event and classifies the answer. Many calls may run at once; they share a
+    /// few connections with many EVENTs in flight on each (or, for the embedded relay of this
+    /// process, concurrent writes into its store).
     pub async fn publish(&self, event: &Event) -> PublishOutcome {
-        match self.client.send_event(event).await {
-            Ok(out) if out.success.is_empty() => match out.failed.values().next() {
-                Some(message) => {
-                    let class = OkRejection::classify(message);
-                    if class == OkRejection::Duplicate {
-                        PublishOutcome::Stored
-                    } else if message.contains(':') {
-                        PublishOutcome::Rejected(class, message.clone())
-                    } else {
-                        // No machine-readable prefix: a transport failure, not a verdict.
-                        PublishOutcome::Failed(message.clone())
-                    }
-                }
-                None => PublishOutcome::Failed("no relay answered".into()),
-            },
-            Ok(_) => PublishOutcome::Stored,
-            Err(e) => PublishOutcome::Failed(e.to_string()),
+        if self.direct.is_some() && event.verify().is_err() {
+            // What the relay would answer; the direct path trusts `publish_checked` callers.
+            return PublishOutcome::Rejected(
+                OkRejection::Invalid,
+                "invalid: event id or signature does not verify".into(),
+            );
+        }
+        self.publish_checked(event).await
+    }
+
+    /// [`publish`](Self::publish) for an event whose id and signature the caller verified
+    /// (the forwarder's): the embedded relay's store takes it without verifying again.
+    pub async fn publish_checked(&self, event: &Event) -> PublishOutcome {
+        match &self.direct {
+            Some(writer) => writer.publish_checked(event).await,
+            None => self.publisher.publish(event).await,
         }
     }
 
@@ -224,6 +236,7 @@ impl OwnRelayClient {
 
     /// Closes the connection.
     pub async fn shutdown(&self) {
+        self.publisher.shutdown();
         self.client.shutdown().await;
     }
 }

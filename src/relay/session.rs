@@ -5,7 +5,7 @@
 //! to the shared forwarder; a historic EOSE is reported only after the forwarder stored every
 //! event before it, so "confirmed" means "on our relay".
 
-use super::forward::{check, Reject};
+use super::forward::{check_cached, KeyCache, Reject};
 use super::forwarder::Forwarder;
 use super::negentropy::{Fetch, FetchStep, NegStep, Reconciler};
 use super::own::LocalSet;
@@ -45,8 +45,13 @@ pub struct SessionConfig {
     pub local_items_timeout: Duration,
     /// Ping period; twice this with no frame at all means the connection is dead.
     pub keepalive: Duration,
-    /// Ids per REQ when downloading what negentropy found missing.
+    /// Ids per filter when downloading what negentropy found missing (at most the relay's
+    /// `max_limit`, and at most 500).
     pub chunk_size: usize,
+    /// Ids per download REQ: its filters (at most the relay's `max_filters`) share one
+    /// subscription, so a larger REQ saves round trips without using the subscription budget.
+    /// 1,000 ids keep the REQ near 67 KB, under common 128 KB message limits.
+    pub fetch_req_ids: usize,
     /// Limits assumed for absent NIP-11 fields.
     pub default_limits: RelayLimits,
 }
@@ -60,7 +65,8 @@ impl Default for SessionConfig {
             neg_initial_timeout: Duration::from_secs(5),
             local_items_timeout: Duration::from_secs(30),
             keepalive: Duration::from_secs(30),
-            chunk_size: 100,
+            chunk_size: 500,
+            fetch_req_ids: 1_000,
             default_limits: RelayLimits::default(),
         }
     }
@@ -163,6 +169,10 @@ struct Session {
     /// Numbers download REQs: an id is never reused on a connection, because relays answer a
     /// CLOSE with CLOSED, which must not hit a later REQ of the same name.
     fetch_seq: u64,
+    /// The relay's limits (NIP-11, or the defaults), for sizing download REQs.
+    limits: RelayLimits,
+    /// Authors' parsed keys, for signature checks.
+    keys: KeyCache,
 }
 
 /// Starts a session task for `url`. It ends on `Shutdown` or when the sender is dropped.
@@ -185,6 +195,8 @@ pub fn spawn_session(
         fetch_subs: HashMap::new(),
         nip77_unsupported: false,
         fetch_seq: 0,
+        limits: config.default_limits,
+        keys: KeyCache::default(),
     };
     let span = tracing::info_span!("relay", url = %session.url);
     let task = tokio::spawn(tracing::Instrument::instrument(session.run(rx), span));
@@ -289,6 +301,10 @@ impl Session {
         {
             Ok((ws, info)) => {
                 let info = info.unwrap_or_default();
+                self.limits = info
+                    .limits
+                    .unwrap_or(self.config.default_limits)
+                    .sanitized();
                 tracing::info!(nip77 = ?info.nip77, limits = ?info.limits, "connected");
                 self.report(Input::Connected {
                     relay: self.url.clone(),
@@ -610,16 +626,21 @@ impl Session {
                     }
                 }
             }
-            check(&event, raw_len, &state.filters, max)
+            check_cached(&event, raw_len, &state.filters, max, &mut self.keys)
         } else if let Some(neg_sub) = self.fetch_subs.get(sub) {
             count_bytes(&self.deps.metrics, SyncMethod::Negentropy, raw_len);
             match self.negs.get_mut(neg_sub).map(|n| &mut n.phase) {
                 Some(NegPhase::Fetching { fetch, .. }) => {
-                    let filter = fetch.current_filter();
-                    let verdict = check(&event, raw_len, std::slice::from_ref(&filter), max);
-                    if filter.match_event(&event, MatchEventOptions::new()) {
-                        fetch.arrived(&event.id);
-                    }
+                    let verdict = check_cached(
+                        &event,
+                        raw_len,
+                        fetch.current_filters(),
+                        max,
+                        &mut self.keys,
+                    );
+                    // Arrived even if refused (too large, forged): asking again would bring
+                    // the same event. Only requested ids are awaited, so others change nothing.
+                    fetch.arrived(&event.id);
                     verdict
                 }
                 _ => Err(Reject::Unrequested),
@@ -682,10 +703,14 @@ impl Session {
         step: FetchStep,
     ) -> Result<(), String> {
         match step {
-            FetchStep::Request(filter) => {
+            FetchStep::Request(filters) => {
                 self.fetch_seq += 1;
                 let req = fetch_id(neg_sub, self.fetch_seq);
-                tracing::debug!(%req, ids = filter.ids.as_ref().map_or(0, |i| i.len()), "negentropy fetch");
+                let ids: usize = filters
+                    .iter()
+                    .map(|f| f.ids.as_ref().map_or(0, |i| i.len()))
+                    .sum();
+                tracing::debug!(%req, ids, filters = filters.len(), "negentropy fetch");
                 if let Some(NegSession {
                     phase: NegPhase::Fetching { req: current, .. },
                     ..
@@ -694,7 +719,7 @@ impl Session {
                     *current = req.clone();
                 }
                 self.fetch_subs.insert(req.clone(), neg_sub.clone());
-                self.send(ws, &ClientMessage::req(req, vec![filter])).await
+                self.send(ws, &ClientMessage::req(req, filters)).await
             }
             FetchStep::Done => {
                 let _ = self.deps.forwarder.flush().await;
@@ -743,7 +768,8 @@ impl Session {
                 let NegPhase::Reconciling(r) = neg.phase else {
                     return Ok(());
                 };
-                let mut fetch = r.into_fetch(self.config.chunk_size);
+                let (per_filter, per_req) = fetch_shape(&self.config, self.limits);
+                let mut fetch = r.into_fetch(per_filter, per_req);
                 tracing::debug!(missing = fetch.total, "negentropy reconciled");
                 let step = fetch.begin();
                 self.negs.insert(
@@ -805,6 +831,19 @@ impl Session {
         })
         .await;
     }
+}
+
+/// Download REQ shape: ids per filter, filters per REQ, within the relay's limits.
+fn fetch_shape(config: &SessionConfig, limits: RelayLimits) -> (usize, usize) {
+    let per_filter = config
+        .chunk_size
+        .min(limits.max_limit as usize)
+        .clamp(1, super::negentropy::MAX_FILTER_IDS);
+    let per_req = config
+        .fetch_req_ids
+        .div_ceil(per_filter)
+        .clamp(1, (limits.max_filters as usize).max(1));
+    (per_filter, per_req)
 }
 
 /// The REQ id of a negentropy download chunk: derived from the session id, numbered, and

@@ -155,6 +155,27 @@ pub async fn open(
     Ok((socket?, info))
 }
 
+/// Opens a websocket to our own relay for publishing. Our relay is operator configuration, so
+/// private addresses are admitted (the SSRF guard is for relays learned from announcements), no
+/// NIP-11 is fetched, and the write buffer is large: many EVENTs are queued and flushed together.
+pub async fn open_own(url: &RelayUrl, timeout: Duration) -> Result<RelaySocket, DialError> {
+    let connect = async {
+        let addrs = resolve_checked(url, true).await?;
+        let stream = transport(url, &addrs).await?;
+        let mut config = ws_config(DialOptions::default().max_message);
+        config.write_buffer_size = 128 * 1024;
+        config.read_buffer_size = 64 * 1024;
+        let (socket, _resp) =
+            tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(config))
+                .await
+                .map_err(|e| DialError::Handshake(e.to_string()))?;
+        Ok::<_, DialError>(socket)
+    };
+    tokio::time::timeout(timeout, connect)
+        .await
+        .map_err(|_| DialError::Timeout)?
+}
+
 /// What a relay's NIP-11 document says about us.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RelayInfo {
