@@ -682,7 +682,12 @@ impl Harness {
             } => {
                 let kind = match purpose {
                     SubPurpose::Live => {
-                        if filters.iter().any(|f| f.limit != Some(0)) {
+                        // `limit: 0`, or (replacing closed live REQs) no limit and a `since`
+                        // to bridge the gap between the CLOSE and the new REQ.
+                        let live_shape = |f: &nostr::Filter| {
+                            f.limit == Some(0) || (f.limit.is_none() && f.since.is_some())
+                        };
+                        if !filters.iter().all(live_shape) {
                             return self.fail(format!("live {sub} has a filter without limit 0"));
                         }
                         SubKind::Live

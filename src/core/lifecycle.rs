@@ -159,8 +159,7 @@ impl SyncCore {
         if let Some(rm) = remove {
             self.drop_confirmed(id, &rm.repos, &rm.root_events);
         }
-        let (confirmed_repos, confirmed_roots) = self.confirmed_items(id);
-        let (mut repos, mut roots) = (confirmed_repos.clone(), confirmed_roots.clone());
+        let (mut repos, mut roots) = self.confirmed_items(id);
         let add = add.unwrap_or(AddFilters {
             relay: id,
             ..AddFilters::default()
@@ -169,7 +168,9 @@ impl SyncCore {
         roots.extend(&add.root_events);
         repos.sort_unstable();
         roots.sort_unstable();
-        self.open_live(id, true, &repos, &roots, out);
+        // The old live REQs are closed before the new ones open: see `bridge_since`.
+        let since = self.bridge_since(now);
+        self.open_live_from(id, true, &repos, &roots, Some(since), out);
         let items = PendingItems {
             repos: add.repos,
             root_events: add.root_events,
@@ -178,37 +179,16 @@ impl SyncCore {
         if self.relays.get(&id).is_some_and(|s| !s.layer1_confirmed) {
             self.start_layer1(now, id, None, out);
         }
-        // The old live REQs were closed before the new ones opened.
-        self.catch_up_gap(now, id, true, confirmed_repos, confirmed_roots, out);
     }
 
-    /// Live coverage of these confirmed items (and of layer 1, when `layer1`) was closed
-    /// before its replacement was open, so an event the relay received in between went to
-    /// neither (the soak found such losses after consolidations). Catch up as a quick
-    /// reconnect does: REQ since now minus the quick-reconnect window, confirmed again only
-    /// when that confirms (a catch-up cut short demotes its items, so nothing is left behind).
-    fn catch_up_gap(
-        &mut self,
-        now: Millis,
-        id: RelayId,
-        layer1: bool,
-        repos: Vec<RepoId>,
-        roots: Vec<RootId>,
-        out: &mut Vec<Command>,
-    ) {
-        let since = (now - self.settings.quick_reconnect_window).to_timestamp();
-        let l1_confirmed = self.relays.get(&id).is_some_and(|s| s.layer1_confirmed);
-        if layer1 && l1_confirmed {
-            if let Some(s) = self.relays.get_mut(&id) {
-                s.layer1_confirmed = false;
-            }
-            self.start_layer1(now, id, Some(since), out);
-        }
-        let items = PendingItems {
-            repos,
-            root_events: roots,
-        };
-        self.start_batch(now, id, BatchKind::CatchUp, items, Some(since), out);
+    /// Where live REQs that replace closed ones start. Between the CLOSE of the old REQs and
+    /// the new REQ the relay may take an event that goes to neither (the soak found such
+    /// losses after consolidations). So a replacing live REQ asks for stored events too, since
+    /// now minus the quick-reconnect window (the margin a quick reconnect trusts), instead of
+    /// `limit: 0`. It costs no subscription and no historic slot; the duplicates are dropped
+    /// by the forwarder's dedup.
+    fn bridge_since(&self, now: Millis) -> Timestamp {
+        (now - self.settings.quick_reconnect_window).to_timestamp()
     }
 
     /// `handle_new_sync_filters`: ensure the connection, consolidate if the budget would be
@@ -290,7 +270,7 @@ impl SyncCore {
                 self.consolidate_id(now, id, out);
                 return;
             }
-            if !self.open_live_within(id, false, &new_repos, &new_roots, free, out) {
+            if !self.open_live_within(id, false, &new_repos, &new_roots, free, None, out) {
                 return;
             }
         }
@@ -382,22 +362,10 @@ impl SyncCore {
         if !overlap_fits {
             out.extend(unsubscribe.iter().cloned());
         }
-        self.subscribe_planned(id, plan, out);
+        let bridge = (!overlap_fits).then(|| self.bridge_since(now));
+        self.subscribe_planned(id, plan, bridge, out);
         if overlap_fits {
             out.extend(unsubscribe);
-        } else {
-            let confirmed = self.relays.get(&id);
-            let repos: Vec<RepoId> = keep_repos
-                .iter()
-                .copied()
-                .filter(|r| confirmed.is_some_and(|s| s.repos.contains(r)))
-                .collect();
-            let roots: Vec<RootId> = keep_roots
-                .iter()
-                .copied()
-                .filter(|r| confirmed.is_some_and(|s| s.root_events.contains(r)))
-                .collect();
-            self.catch_up_gap(now, id, layer1, repos, roots, out);
         }
     }
 
@@ -488,6 +456,20 @@ impl SyncCore {
         roots: &[RootId],
         out: &mut Vec<Command>,
     ) -> bool {
+        self.open_live_from(id, layer1, repos, roots, None, out)
+    }
+
+    /// [`open_live`](Self::open_live) whose REQs also ask for stored events since `since`
+    /// (replacing closed REQs; see `bridge_since`).
+    fn open_live_from(
+        &mut self,
+        id: RelayId,
+        layer1: bool,
+        repos: &[RepoId],
+        roots: &[RootId],
+        since: Option<Timestamp>,
+        out: &mut Vec<Command>,
+    ) -> bool {
         let budget = Budget::of(self.effective_limits(id));
         let open = self.live.get(&id).map_or(0, |l| l.subs.len());
         self.open_live_within(
@@ -496,6 +478,7 @@ impl SyncCore {
             repos,
             roots,
             budget.live.saturating_sub(open),
+            since,
             out,
         )
     }
@@ -507,6 +490,7 @@ impl SyncCore {
         repos: &[RepoId],
         roots: &[RootId],
         free_subs: usize,
+        since: Option<Timestamp>,
         out: &mut Vec<Command>,
     ) -> bool {
         if !layer1 && repos.is_empty() && roots.is_empty() {
@@ -532,7 +516,7 @@ impl SyncCore {
             chunk,
             budget.max_filters,
         );
-        self.subscribe_planned(id, plan, out);
+        self.subscribe_planned(id, plan, since, out);
         true
     }
 
@@ -563,11 +547,24 @@ impl SyncCore {
         )
     }
 
-    fn subscribe_planned(&mut self, id: RelayId, plan: Vec<PlannedReq>, out: &mut Vec<Command>) {
+    /// Opens planned live REQs; with `since`, each also asks for stored events since then.
+    fn subscribe_planned(
+        &mut self,
+        id: RelayId,
+        plan: Vec<PlannedReq>,
+        since: Option<Timestamp>,
+        out: &mut Vec<Command>,
+    ) {
         let url = self.url(id);
-        for req in plan {
+        for mut req in plan {
             if req.filters.is_empty() {
                 continue;
+            }
+            if let Some(since) = since {
+                for f in &mut req.filters {
+                    f.limit = None;
+                    f.since = Some(since);
+                }
             }
             let sub = self.new_sub_id("l");
             let live = self.live.entry(id).or_default();

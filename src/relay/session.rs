@@ -166,6 +166,12 @@ struct Session {
     /// Fetch REQ id → negentropy session id.
     fetch_subs: HashMap<SubscriptionId, SubscriptionId>,
     nip77_unsupported: bool,
+    /// This relay has answered a NEG-OPEN (on any connection of this session) or says NIP-77
+    /// in NIP-11. A NEG-OPEN it then leaves unanswered is a failure, not a sign that NIP-77
+    /// is missing: a relay busy streaming a large download answers late, and taking that for
+    /// "no NIP-77" sent history down the REQ path, which cannot page through long runs of
+    /// equal `created_at` (the loss seen in the fault matrix).
+    nip77_seen: bool,
     /// Numbers download REQs: an id is never reused on a connection, because relays answer a
     /// CLOSE with CLOSED, which must not hit a later REQ of the same name.
     fetch_seq: u64,
@@ -194,6 +200,7 @@ pub fn spawn_session(
         negs: HashMap::new(),
         fetch_subs: HashMap::new(),
         nip77_unsupported: false,
+        nip77_seen: false,
         fetch_seq: 0,
         limits: config.default_limits,
         keys: KeyCache::default(),
@@ -306,6 +313,7 @@ impl Session {
                     .unwrap_or(self.config.default_limits)
                     .sanitized();
                 tracing::info!(nip77 = ?info.nip77, limits = ?info.limits, "connected");
+                self.nip77_seen |= info.nip77 == Some(true);
                 self.report(Input::Connected {
                     relay: self.url.clone(),
                     limits: info.limits,
@@ -555,12 +563,18 @@ impl Session {
             })
             .map(|(s, _)| s.clone())
             .collect();
-        if !expired.is_empty() {
+        let outcome = if self.nip77_seen {
+            NegentropyOutcome::Failed
+        } else {
+            NegentropyOutcome::Unsupported
+        };
+        if !expired.is_empty() && outcome == NegentropyOutcome::Unsupported {
             self.nip77_unsupported = true;
         }
         for sub in expired {
+            tracing::debug!(%sub, ?outcome, "NEG-OPEN unanswered");
             self.neg_close(ws, &sub).await?;
-            self.neg_done(&sub, NegentropyOutcome::Unsupported).await;
+            self.neg_done(&sub, outcome).await;
         }
         Ok(())
     }
@@ -748,6 +762,7 @@ impl Session {
             Some(NegPhase::Reconciling(r)) => r.on_message(message),
             _ => return Ok(()),
         };
+        self.nip77_seen = true;
         count_bytes(&self.deps.metrics, SyncMethod::Negentropy, message.len());
         match step {
             Ok(NegStep::Send(next)) => {
