@@ -38,11 +38,12 @@ use support::apiserver::TestApiServer;
 use support::bed::{announcement, embedded_relay, scratch_dir};
 use support::fault_proxy::FaultProxy;
 use support::k8s_bed::{
-    condition_status, create_namespace, create_retrying, install_crds, scrape, spawn_role,
+    condition_status, create_namespace, create_retrying, http_get, install_crds, spawn_role,
     wait_for, Role,
 };
 use support::sync_bed::{
-    client, coordinate, held, publish, tagged, RemoteRelay, FAST_SETTINGS, LOOPBACK_ALLOWLIST,
+    client, coordinate, held, metric, publish, tagged, RemoteRelay, FAST_SETTINGS,
+    LOOPBACK_ALLOWLIST,
 };
 use tokio::sync::Mutex;
 
@@ -431,7 +432,10 @@ async fn soak_with_cuts_stalls_worker_kills_and_relay_restarts_loses_nothing() {
     }
     let mut reconnects = 0.0;
     for w in &workers {
-        reconnects += scrape(w.http, "grasp_sync_reconnects_total").await;
+        // Summed over the `kind` label (quick and long).
+        if let Some((200, text)) = http_get(w.http, "/metrics").await {
+            reconnects += metric(&text, "grasp_sync_reconnects_total{");
+        }
     }
     let list = relays.list(&ListParams::default()).await.expect("list");
     let mut conditions: BTreeMap<String, usize> = BTreeMap::new();
