@@ -45,6 +45,14 @@ impl Budget {
     }
 }
 
+/// Where new live REQs may go: the subscriptions free for them, and (when they replace closed
+/// ones) the `since` that bridges the gap.
+#[derive(Debug, Clone, Copy)]
+struct LiveRoom {
+    free_subs: usize,
+    since: Option<Timestamp>,
+}
+
 impl SyncCore {
     /// `fresh_start` for a relay by URL (initial connect, long reconnect, daily sync).
     pub fn fresh_start(&mut self, now: Millis, relay: &RelayUrl) -> Vec<Command> {
@@ -270,7 +278,11 @@ impl SyncCore {
                 self.consolidate_id(now, id, out);
                 return;
             }
-            if !self.open_live_within(id, false, &new_repos, &new_roots, free, None, out) {
+            let room = LiveRoom {
+                free_subs: free,
+                since: None,
+            };
+            if !self.open_live_within(id, false, &new_repos, &new_roots, room, out) {
                 return;
             }
         }
@@ -477,8 +489,10 @@ impl SyncCore {
             layer1,
             repos,
             roots,
-            budget.live.saturating_sub(open),
-            since,
+            LiveRoom {
+                free_subs: budget.live.saturating_sub(open),
+                since,
+            },
             out,
         )
     }
@@ -489,10 +503,10 @@ impl SyncCore {
         layer1: bool,
         repos: &[RepoId],
         roots: &[RootId],
-        free_subs: usize,
-        since: Option<Timestamp>,
+        room: LiveRoom,
         out: &mut Vec<Command>,
     ) -> bool {
+        let LiveRoom { free_subs, since } = room;
         if !layer1 && repos.is_empty() && roots.is_empty() {
             return true;
         }
