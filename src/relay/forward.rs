@@ -47,7 +47,7 @@ impl Reject {
 }
 
 /// The cheap checks: size, then a match with a filter of the subscription.
-fn check_shape(
+pub fn check_shape(
     event: &Event,
     raw_len: usize,
     filters: &[Filter],
@@ -89,7 +89,8 @@ pub struct KeyCache {
 const KEY_CACHE: usize = 4096;
 
 impl KeyCache {
-    fn xonly(&mut self, pubkey: &PublicKey) -> Option<XOnlyPublicKey> {
+    /// The author's parsed key (`None` if it is not a valid point).
+    pub fn xonly(&mut self, pubkey: &PublicKey) -> Option<XOnlyPublicKey> {
         if let Some(k) = self.keys.get(pubkey) {
             return Some(*k);
         }
@@ -104,20 +105,26 @@ impl KeyCache {
     /// The id is the hash of the content, and the signature verifies (as
     /// `Event::verify_signature`, with the author's key from the cache).
     pub fn check_crypto(&mut self, event: &Event) -> Result<(), Reject> {
-        if !event.verify_id() {
-            return Err(Reject::InvalidId);
-        }
-        let valid = self.xonly(&event.pubkey).is_some_and(|key| {
-            let msg = Message::from_digest(event.id.to_bytes());
-            nostr::SECP256K1
-                .verify_schnorr(&event.sig, &msg, &key)
-                .is_ok()
-        });
-        if valid {
-            Ok(())
-        } else {
-            Err(Reject::InvalidSignature)
-        }
+        check_crypto_with(event, self.xonly(&event.pubkey))
+    }
+}
+
+/// The id is the hash of the content, and the signature verifies under `key`, the author's
+/// key parsed beforehand (`None`: not a valid key). Runs off the session task.
+pub fn check_crypto_with(event: &Event, key: Option<XOnlyPublicKey>) -> Result<(), Reject> {
+    if !event.verify_id() {
+        return Err(Reject::InvalidId);
+    }
+    let valid = key.is_some_and(|key| {
+        let msg = Message::from_digest(event.id.to_bytes());
+        nostr::SECP256K1
+            .verify_schnorr(&event.sig, &msg, &key)
+            .is_ok()
+    });
+    if valid {
+        Ok(())
+    } else {
+        Err(Reject::InvalidSignature)
     }
 }
 

@@ -5,7 +5,7 @@
 //! to the shared forwarder; a historic EOSE is reported only after the forwarder stored every
 //! event before it, so "confirmed" means "on our relay".
 
-use super::forward::{check_cached, KeyCache, Reject};
+use super::forward::{check_crypto_with, check_shape, KeyCache, Reject};
 use super::forwarder::Forwarder;
 use super::negentropy::{Fetch, FetchStep, NegStep, Reconciler};
 use super::own::LocalSet;
@@ -19,6 +19,7 @@ use crate::core::url::RelayUrl;
 use crate::core::{Input, NegentropyOutcome, SubPurpose};
 use crate::engine::{wall_clock, EngineHandle};
 use crate::observe::metrics::{method, ConnState, Metrics, ReasonLabel, StateLabel};
+use futures_util::stream::FuturesOrdered;
 use futures_util::{SinkExt, StreamExt};
 use nostr::filter::MatchEventOptions;
 use nostr::{ClientMessage, Event, Filter, JsonUtil, RelayMessage, SubscriptionId};
@@ -179,7 +180,17 @@ struct Session {
     limits: RelayLimits,
     /// Authors' parsed keys, for signature checks.
     keys: KeyCache,
+    /// Signature checks running on the runtime's threads, in arrival order. One relay's events
+    /// would otherwise be verified one at a time on this task (the ingest bottleneck: a
+    /// Schnorr check costs more than everything else an event takes here). Results are
+    /// delivered in order, and all of them before any other frame is handled, so an EOSE
+    /// still confirms only what was forwarded.
+    verifying: FuturesOrdered<JoinHandle<(Event, Result<(), Reject>)>>,
 }
+
+/// Signature checks in flight per session; beyond it the session waits for the oldest (which
+/// also bounds the events held in memory).
+const MAX_VERIFYING: usize = 256;
 
 /// Starts a session task for `url`. It ends on `Shutdown` or when the sender is dropped.
 pub fn spawn_session(
@@ -204,6 +215,7 @@ pub fn spawn_session(
         fetch_seq: 0,
         limits: config.default_limits,
         keys: KeyCache::default(),
+        verifying: FuturesOrdered::new(),
     };
     let span = tracing::info_span!("relay", url = %session.url);
     let task = tokio::spawn(tracing::Instrument::instrument(session.run(rx), span));
@@ -229,6 +241,8 @@ impl Session {
             };
             self.gauge(ConnState::connected, 1);
             let exit = self.connected(&mut ws, &mut rx).await;
+            // Events checked before the connection ended are still forwarded.
+            self.drain_verifying().await;
             self.gauge(ConnState::connected, -1);
             self.reset();
             match exit {
@@ -399,6 +413,10 @@ impl Session {
                 }
                 _ = neg_sleep => {
                     self.neg_timeouts(ws).await
+                }
+                Some(done) = self.verifying.next(), if !self.verifying.is_empty() => {
+                    self.deliver(done).await;
+                    Ok(())
                 }
             };
             if let Err(why) = result {
@@ -584,6 +602,10 @@ impl Session {
             self.reject("malformed");
             return Ok(());
         };
+        if !matches!(msg, RelayMessage::Event { .. }) {
+            // EOSE, CLOSED and the rest come after the events before them.
+            self.drain_verifying().await;
+        }
         match msg {
             RelayMessage::Event {
                 subscription_id,
@@ -627,7 +649,7 @@ impl Session {
     async fn on_event(&mut self, sub: &SubscriptionId, event: Event, raw_len: usize) {
         self.deps.metrics.events_received.inc();
         let max = self.config.max_event_size;
-        let verdict = if let Some(state) = self.subs.get_mut(sub) {
+        let shape = if let Some(state) = self.subs.get_mut(sub) {
             if let SubPurpose::Historic(_) = state.purpose {
                 count_bytes(&self.deps.metrics, SyncMethod::ReqEose, raw_len);
                 for (f, page) in state.filters.iter().zip(state.pages.iter_mut()) {
@@ -640,27 +662,49 @@ impl Session {
                     }
                 }
             }
-            check_cached(&event, raw_len, &state.filters, max, &mut self.keys)
+            check_shape(&event, raw_len, &state.filters, max)
         } else if let Some(neg_sub) = self.fetch_subs.get(sub) {
             count_bytes(&self.deps.metrics, SyncMethod::Negentropy, raw_len);
             match self.negs.get_mut(neg_sub).map(|n| &mut n.phase) {
                 Some(NegPhase::Fetching { fetch, .. }) => {
-                    let verdict = check_cached(
-                        &event,
-                        raw_len,
-                        fetch.current_filters(),
-                        max,
-                        &mut self.keys,
-                    );
+                    let shape = check_shape(&event, raw_len, fetch.current_filters(), max);
                     // Arrived even if refused (too large, forged): asking again would bring
                     // the same event. Only requested ids are awaited, so others change nothing.
                     fetch.arrived(&event.id);
-                    verdict
+                    shape
                 }
                 _ => Err(Reject::Unrequested),
             }
         } else {
             Err(Reject::Unrequested)
+        };
+        if let Err(reason) = shape {
+            tracing::debug!(id = %event.id, %sub, reason = reason.label(), "event refused");
+            self.reject(reason.label());
+            return;
+        }
+        let key = self.keys.xonly(&event.pubkey);
+        self.verifying.push_back(tokio::spawn(async move {
+            let verdict = check_crypto_with(&event, key);
+            (event, verdict)
+        }));
+        if self.verifying.len() >= MAX_VERIFYING {
+            if let Some(done) = self.verifying.next().await {
+                self.deliver(done).await;
+            }
+        }
+    }
+
+    /// Forwards a checked event, or counts why it was refused.
+    async fn deliver(&mut self, done: Result<(Event, Result<(), Reject>), tokio::task::JoinError>) {
+        let (event, verdict) = match done {
+            Ok(done) => done,
+            Err(e) => {
+                // Only a panic in the check (or a runtime shutting down) gets here.
+                tracing::warn!(error = %e, "signature check did not finish");
+                self.reject("malformed");
+                return;
+            }
         };
         match verdict {
             Ok(()) => {
@@ -671,9 +715,16 @@ impl Session {
                 let _ = self.deps.forwarder.forward(event).await;
             }
             Err(reason) => {
-                tracing::debug!(id = %event.id, %sub, reason = reason.label(), "event refused");
+                tracing::debug!(id = %event.id, reason = reason.label(), "event refused");
                 self.reject(reason.label());
             }
+        }
+    }
+
+    /// Delivers every check in flight, in order.
+    async fn drain_verifying(&mut self) {
+        while let Some(done) = self.verifying.next().await {
+            self.deliver(done).await;
         }
     }
 
