@@ -9,6 +9,7 @@ pub mod dedup;
 pub mod embedded;
 pub mod forward;
 pub mod forwarder;
+pub mod item_sets;
 pub mod negentropy;
 pub mod own;
 pub mod pool;

@@ -6,6 +6,7 @@
 
 use super::embedded::{direct_writer, DirectWriter};
 use super::forward::OkRejection;
+use super::item_sets::SharedItemSets;
 use super::publisher::{Publisher, PublisherConfig};
 use crate::core::nip34::SELF_SUBSCRIBER_KINDS;
 use crate::core::url::RelayUrl;
@@ -106,7 +107,12 @@ pub struct OwnRelayClient {
     publisher: Publisher,
     /// When our relay is the embedded one in this process: its store, written directly.
     direct: Option<DirectWriter>,
+    /// Item sets shared by every session of the process (see `item_sets`).
+    item_sets: SharedItemSets,
 }
+
+/// How long a fetched item set serves other sessions.
+const ITEM_SET_FRESH_FOR: Duration = Duration::from_secs(5);
 
 impl OwnRelayClient {
     /// Connects (and keeps reconnecting) to our relay.
@@ -126,6 +132,7 @@ impl OwnRelayClient {
             url: url.clone(),
             publisher: Publisher::new(url.clone(), PublisherConfig::default()),
             direct: direct_writer(url),
+            item_sets: SharedItemSets::default(),
         })
     }
 
@@ -164,15 +171,22 @@ impl OwnRelayClient {
         filter: Filter,
         timeout: Duration,
     ) -> Result<Vec<(EventId, Timestamp)>, OwnRelayError> {
-        let events = self
-            .client
-            .fetch_events(filter, timeout)
-            .await
-            .map_err(|e| OwnRelayError::Request {
-                url: self.url.clone(),
-                message: e.to_string(),
-            })?;
-        Ok(events.iter().map(|e| (e.id, e.created_at)).collect())
+        let key = nostr::JsonUtil::as_json(&filter);
+        let items = self
+            .item_sets
+            .get_or_fetch(key, ITEM_SET_FRESH_FOR, || async {
+                let events = self
+                    .client
+                    .fetch_events(filter, timeout)
+                    .await
+                    .map_err(|e| OwnRelayError::Request {
+                        url: self.url.clone(),
+                        message: e.to_string(),
+                    })?;
+                Ok(events.iter().map(|e| (e.id, e.created_at)).collect())
+            })
+            .await?;
+        Ok(items.as_ref().clone())
     }
 
     /// Starts the self-subscriber: kinds 30617, 1617, 1618 and 1621 since `since`, every
