@@ -31,7 +31,8 @@ use support::apiserver::TestApiServer;
 use support::bed::{announcement, free_addr, scratch_dir};
 use support::fault_proxy::FaultProxy;
 use support::k8s_bed::{
-    condition_status, create_namespace, create_retrying, install_crds, spawn_role, wait_for, Role,
+    condition_status, create_namespace, create_retrying, install_crds, spawn_controller,
+    spawn_worker, wait_for, Role,
 };
 use support::sync_bed::{
     coordinate, held, publish, tagged, wait_for_ids, RemoteRelay, FAST_SETTINGS, LOOPBACK_ALLOWLIST,
@@ -146,47 +147,21 @@ impl Bed {
     fn controller(&self, name: &'static str) -> Role {
         let settings = self.settings();
         let own = self.own_proxy.url();
-        spawn_role(
+        spawn_controller(
             &self.server,
             &self.dir,
             name,
-            &[
-                "controller",
-                "--own-relay",
-                &own,
-                "--namespace",
-                NS,
-                "--lease-namespace",
-                NS,
-                "--identity",
-                name,
-                "--config",
-                &settings,
-            ],
+            name,
+            &own,
+            NS,
+            Some(&settings),
         )
     }
 
     fn worker(&self, name: &'static str) -> Role {
         let settings = self.settings();
         let own = self.own_proxy.url();
-        spawn_role(
-            &self.server,
-            &self.dir,
-            name,
-            &[
-                "worker",
-                "--own-relay",
-                &own,
-                "--name",
-                name,
-                "--namespace",
-                NS,
-                "--lease-namespace",
-                NS,
-                "--config",
-                &settings,
-            ],
-        )
+        spawn_worker(&self.server, &self.dir, name, &own, NS, Some(&settings))
     }
 }
 

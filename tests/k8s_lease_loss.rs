@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 use support::apiserver::TestApiServer;
 use support::bed::{announcement, free_addr, scratch_dir};
 use support::fault_proxy::FaultProxy;
-use support::k8s_bed::{create_namespace, create_retrying, install_crds, spawn_role, wait_for};
+use support::k8s_bed::{
+    create_namespace, create_retrying, install_crds, spawn_controller, wait_for,
+};
 use support::sync_bed::{
     coordinate, held, publish, tagged, wait_for_ids, RemoteRelay, FAST_SETTINGS, LOOPBACK_ALLOWLIST,
 };
@@ -62,23 +64,14 @@ async fn a_worker_that_loses_its_lease_mid_download_loses_nothing() {
     create_retrying(&allowlists, &allowlist).await;
 
     let settings = dir.join("settings.yaml").display().to_string();
-    let mut controller = spawn_role(
+    let mut controller = spawn_controller(
         &server,
         &dir,
         "controller",
-        &[
-            "controller",
-            "--own-relay",
-            &own_url,
-            "--namespace",
-            NS,
-            "--lease-namespace",
-            NS,
-            "--identity",
-            "controller-0",
-            "--config",
-            &settings,
-        ],
+        "controller-0",
+        &own_url,
+        NS,
+        Some(&settings),
     );
     controller.wait_ready(Duration::from_secs(30)).await;
 

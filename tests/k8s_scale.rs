@@ -46,7 +46,7 @@ use support::apiserver::TestApiServer;
 use support::bed::{announcement, embedded_relay, scratch_dir};
 use support::k8s_bed::{
     condition_status, create_namespace, create_retrying, from_json, install_crds, scrape,
-    spawn_role, Role,
+    spawn_controller, spawn_worker, Role,
 };
 use support::sync_bed::{client, RemoteRelay};
 
@@ -494,25 +494,6 @@ fn print_writes(label: &str, log: &WriteLog, from: f64, to: f64, relays: usize) 
     s
 }
 
-fn spawn_worker(server: &TestApiServer, dir: &Path, name: &'static str, own: &str) -> Role {
-    spawn_role(
-        server,
-        dir,
-        name,
-        &[
-            "worker",
-            "--own-relay",
-            own,
-            "--name",
-            name,
-            "--namespace",
-            NS,
-            "--lease-namespace",
-            NS,
-        ],
-    )
-}
-
 /// Relays listed by repo `j` (besides ours): `j mod n` first, so every relay gets a target
 /// once there are at least as many repos as relays, then a spread of others.
 fn listed_by(j: usize, n: usize, per_repo: usize) -> Vec<usize> {
@@ -654,7 +635,7 @@ async fn scale_run_balance_moves_resources_status_rate_and_latency() {
     let mut workers = BTreeMap::new();
     for i in 0..n_workers {
         let name = leak(format!("worker-{i}"));
-        workers.insert(name, spawn_worker(&server, &dir, name, &own_url));
+        workers.insert(name, spawn_worker(&server, &dir, name, &own_url, NS, None));
     }
     for w in workers.values_mut() {
         w.wait_ready(Duration::from_secs(120)).await;
@@ -673,21 +654,14 @@ async fn scale_run_balance_moves_resources_status_rate_and_latency() {
          on average"
     );
     let spawned = Instant::now();
-    let controller = spawn_role(
+    let controller = spawn_controller(
         &server,
         &dir,
         "controller",
-        &[
-            "controller",
-            "--own-relay",
-            &own_url,
-            "--namespace",
-            NS,
-            "--lease-namespace",
-            NS,
-            "--identity",
-            "controller-0",
-        ],
+        "controller-0",
+        &own_url,
+        NS,
+        None,
     );
     let mut roles = Roles {
         dir: dir.clone(),
@@ -865,9 +839,10 @@ async fn scale_run_balance_moves_resources_status_rate_and_latency() {
     let p_up = roles.worker_patches().await;
     let t = Instant::now();
     let m_up = mark();
-    roles
-        .workers
-        .insert(extra, spawn_worker(&server, &dir, extra, &own_url));
+    roles.workers.insert(
+        extra,
+        spawn_worker(&server, &dir, extra, &own_url, NS, None),
+    );
     roles
         .workers
         .get_mut(extra)

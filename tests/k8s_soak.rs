@@ -38,8 +38,8 @@ use support::apiserver::TestApiServer;
 use support::bed::{announcement, embedded_relay, scratch_dir};
 use support::fault_proxy::FaultProxy;
 use support::k8s_bed::{
-    condition_status, create_namespace, create_retrying, http_get, install_crds, spawn_role,
-    wait_for, Role,
+    condition_status, create_namespace, create_retrying, http_get, install_crds, spawn_controller,
+    spawn_worker, wait_for, Role,
 };
 use support::sync_bed::{
     client, coordinate, held, metric, publish, tagged, RemoteRelay, FAST_SETTINGS,
@@ -85,28 +85,11 @@ struct Faults {
     restarts: AtomicU64,
 }
 
-fn spawn_worker(server: &TestApiServer, dir: &std::path::Path, name: &str, own: &str) -> Role {
+fn start_worker(server: &TestApiServer, dir: &std::path::Path, name: &str, own: &str) -> Role {
     // Role names are borrowed for the life of the test; a few replacement names leak.
     let name: &'static str = Box::leak(name.to_string().into_boxed_str());
     let settings = dir.join("settings.yaml").display().to_string();
-    spawn_role(
-        server,
-        dir,
-        name,
-        &[
-            "worker",
-            "--own-relay",
-            own,
-            "--name",
-            name,
-            "--namespace",
-            NS,
-            "--lease-namespace",
-            NS,
-            "--config",
-            &settings,
-        ],
-    )
+    spawn_worker(server, dir, name, own, NS, Some(&settings))
 }
 
 /// Publishes `event` to source `i` (holding its lock, so a restart sees a consistent "disk");
@@ -224,26 +207,17 @@ async fn soak_with_cuts_stalls_worker_kills_and_relay_restarts_loses_nothing() {
     publish(&own_url, &announcements).await;
 
     let settings = dir.join("settings.yaml").display().to_string();
-    let mut controller = spawn_role(
+    let mut controller = spawn_controller(
         &server,
         &dir,
         "controller",
-        &[
-            "controller",
-            "--own-relay",
-            &own_url,
-            "--namespace",
-            NS,
-            "--lease-namespace",
-            NS,
-            "--identity",
-            "controller-0",
-            "--config",
-            &settings,
-        ],
+        "controller-0",
+        &own_url,
+        NS,
+        Some(&settings),
     );
     let mut workers: Vec<Role> = (0..n_workers)
-        .map(|i| spawn_worker(&server, &dir, &format!("soak-w{i}"), &own_url))
+        .map(|i| start_worker(&server, &dir, &format!("soak-w{i}"), &own_url))
         .collect();
     controller.wait_ready(Duration::from_secs(30)).await;
     for w in &mut workers {
@@ -354,7 +328,7 @@ async fn soak_with_cuts_stalls_worker_kills_and_relay_restarts_loses_nothing() {
             chaos_log.push(format!("{at:.1?} kill {}", workers[w].proc.name()));
             workers[w].proc.signal("KILL");
             workers[w].proc.wait_stopped();
-            let mut replacement = spawn_worker(&server, &dir, &format!("soak-w{spare}"), &own_url);
+            let mut replacement = start_worker(&server, &dir, &format!("soak-w{spare}"), &own_url);
             spare += 1;
             replacement.wait_ready(Duration::from_secs(30)).await;
             workers[w] = replacement;

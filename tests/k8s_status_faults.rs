@@ -26,7 +26,7 @@ use std::time::Duration;
 use support::apiserver::TestApiServer;
 use support::bed::{announcement, free_addr, scratch_dir};
 use support::k8s_bed::{
-    condition_status, create_namespace, create_retrying, http_get, install_crds, spawn_role,
+    condition_status, create_namespace, create_retrying, http_get, install_crds, spawn_controller,
     wait_for,
 };
 use support::sync_bed::{
@@ -164,23 +164,14 @@ async fn status_writes_answered_409_and_429_still_converge_and_lose_nothing() {
     create_retrying(&allowlists, &allowlist).await;
 
     let settings = dir.join("settings.yaml").display().to_string();
-    let mut controller = spawn_role(
+    let mut controller = spawn_controller(
         &server,
         &dir,
         "controller",
-        &[
-            "controller",
-            "--own-relay",
-            &own_url,
-            "--namespace",
-            NS,
-            "--lease-namespace",
-            NS,
-            "--identity",
-            "controller-0",
-            "--config",
-            &settings,
-        ],
+        "controller-0",
+        &own_url,
+        NS,
+        Some(&settings),
     );
     controller.wait_ready(Duration::from_secs(30)).await;
 

@@ -22,7 +22,7 @@ use support::bed::{announcement, embedded_relay, scratch_dir};
 use support::fault_proxy::FaultProxy;
 use support::k8s_bed::{
     condition_status, create_namespace, create_retrying, from_json, install_crds, scrape,
-    spawn_role, wait_for,
+    spawn_controller, spawn_worker, wait_for,
 };
 use support::sync_bed::{client, RemoteRelay, FAST_SETTINGS, LOOPBACK_ALLOWLIST};
 
@@ -81,42 +81,16 @@ async fn status_writes_stay_under_one_per_relay_per_10s_and_stop_when_idle() {
     };
     announce(0).await;
 
-    let mut controller = spawn_role(
+    let mut controller = spawn_controller(
         &server,
         &dir,
         "controller",
-        &[
-            "controller",
-            "--own-relay",
-            &own_url,
-            "--namespace",
-            NS,
-            "--lease-namespace",
-            NS,
-            "--identity",
-            "controller-0",
-            "--config",
-            &settings,
-        ],
+        "controller-0",
+        &own_url,
+        NS,
+        Some(&settings),
     );
-    let mut worker = spawn_role(
-        &server,
-        &dir,
-        "worker",
-        &[
-            "worker",
-            "--own-relay",
-            &own_url,
-            "--name",
-            "worker-0",
-            "--namespace",
-            NS,
-            "--lease-namespace",
-            NS,
-            "--config",
-            &settings,
-        ],
-    );
+    let mut worker = spawn_worker(&server, &dir, "worker-0", &own_url, NS, Some(&settings));
     controller.wait_ready(Duration::from_secs(30)).await;
     worker.wait_ready(Duration::from_secs(30)).await;
     wait_for("all relays Synced", Duration::from_secs(90), || {

@@ -35,8 +35,8 @@ use support::apiserver::TestApiServer;
 use support::bed::{announcement, embedded_relay, scratch_dir};
 use support::fault_proxy::FaultProxy;
 use support::k8s_bed::{
-    condition_status, create_namespace, create_retrying, from_json, install_crds, spawn_role,
-    wait_for, Role,
+    condition_status, create_namespace, create_retrying, from_json, install_crds, spawn_controller,
+    spawn_worker, wait_for, Role,
 };
 use support::sync_bed::{
     coordinate, publish, tagged, wait_for_ids, RemoteRelay, FAST_SETTINGS, LOOPBACK_ALLOWLIST,
@@ -61,31 +61,14 @@ fn holds(r: &SyncRelay, t: &str) -> bool {
     condition_status(r, t).as_deref() == Some("True")
 }
 
-fn spawn_worker(
+fn start_worker(
     server: &TestApiServer,
     dir: &std::path::Path,
     name: &'static str,
     own: &str,
 ) -> Role {
     let settings = dir.join("settings.yaml").display().to_string();
-    spawn_role(
-        server,
-        dir,
-        name,
-        &[
-            "worker",
-            "--own-relay",
-            own,
-            "--name",
-            name,
-            "--namespace",
-            NS,
-            "--lease-namespace",
-            NS,
-            "--config",
-            &settings,
-        ],
-    )
+    spawn_worker(server, dir, name, own, NS, Some(&settings))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,32 +128,23 @@ async fn controller_and_worker_processes_sync_fail_over_rebalance_and_finalize()
     publish(&own_url, &[repo]).await;
 
     let settings = dir.join("settings.yaml").display().to_string();
-    let mut controller = spawn_role(
+    let mut controller = spawn_controller(
         &server,
         &dir,
         "controller",
-        &[
-            "controller",
-            "--own-relay",
-            &own_url,
-            "--namespace",
-            NS,
-            "--lease-namespace",
-            NS,
-            "--identity",
-            "controller-0",
-            "--config",
-            &settings,
-        ],
+        "controller-0",
+        &own_url,
+        NS,
+        Some(&settings),
     );
     let mut workers: BTreeMap<&'static str, Role> = BTreeMap::new();
     workers.insert(
         "worker-a",
-        spawn_worker(&server, &dir, "worker-a", &own_url),
+        start_worker(&server, &dir, "worker-a", &own_url),
     );
     workers.insert(
         "worker-b",
-        spawn_worker(&server, &dir, "worker-b", &own_url),
+        start_worker(&server, &dir, "worker-b", &own_url),
     );
     controller.wait_ready(Duration::from_secs(30)).await;
     for w in workers.values_mut() {
@@ -311,7 +285,7 @@ async fn controller_and_worker_processes_sync_fail_over_rebalance_and_finalize()
     for p in &proxies {
         p.reset_max_active();
     }
-    let mut third = spawn_worker(&server, &dir, "worker-c", &own_url);
+    let mut third = start_worker(&server, &dir, "worker-c", &own_url);
     third.wait_ready(Duration::from_secs(30)).await;
     // Under the controller's 30 s drain timeout: the moves went by acknowledgement.
     let settled = wait_for("rebalanced onto worker-c", Duration::from_secs(25), || {

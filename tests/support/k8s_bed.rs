@@ -195,3 +195,54 @@ pub fn spawn_role(server: &TestApiServer, dir: &Path, name: &'static str, args: 
     let proc = Guarded::spawn_env(name, dir, &grasp_binary(), &all, &envs);
     Role { proc, http }
 }
+
+/// `grasp-sync controller` as role `name` with Lease identity `identity`, for our relay `own`,
+/// watching namespace `ns` and keeping its Lease there; `config` is its `--config` file.
+pub fn spawn_controller(
+    server: &TestApiServer,
+    dir: &Path,
+    name: &'static str,
+    identity: &str,
+    own: &str,
+    ns: &str,
+    config: Option<&str>,
+) -> Role {
+    let mut args = vec![
+        "controller",
+        "--own-relay",
+        own,
+        "--namespace",
+        ns,
+        "--lease-namespace",
+        ns,
+        "--identity",
+        identity,
+    ];
+    args.extend(config.map(|c| ["--config", c]).into_iter().flatten());
+    spawn_role(server, dir, name, &args)
+}
+
+/// `grasp-sync worker` named `name` (its role and its `--name`), for our relay `own`, watching
+/// namespace `ns` and keeping its Lease there; `config` is its `--config` file.
+pub fn spawn_worker(
+    server: &TestApiServer,
+    dir: &Path,
+    name: &'static str,
+    own: &str,
+    ns: &str,
+    config: Option<&str>,
+) -> Role {
+    let mut args = vec![
+        "worker",
+        "--own-relay",
+        own,
+        "--name",
+        name,
+        "--namespace",
+        ns,
+        "--lease-namespace",
+        ns,
+    ];
+    args.extend(config.map(|c| ["--config", c]).into_iter().flatten());
+    spawn_role(server, dir, name, &args)
+}
