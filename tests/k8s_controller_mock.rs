@@ -15,7 +15,7 @@ use grasp_sync::api::types::{SyncRelay, SyncRelaySpec};
 use grasp_sync::core::Millis;
 use grasp_sync::k8s::assign::{assign, DEFAULT_EPSILON};
 use grasp_sync::k8s::consts::{drained_condition, DRAIN_ANNOTATION, FINALIZER, WORKER_LABEL};
-use grasp_sync::k8s::controller::apply::apply;
+use grasp_sync::k8s::controller::apply::{apply, apply_concurrently};
 use grasp_sync::k8s::controller::plan::{plan, ControllerState, Observed, PlanConfig};
 use http::{Request, Response};
 use kube::client::Body;
@@ -375,6 +375,84 @@ async fn a_new_relay_gets_the_finalizer_then_label_and_status() {
     )
     .await;
     assert!(calls.is_empty(), "{calls:?}");
+}
+
+#[tokio::test]
+async fn concurrent_apply_keeps_each_relay_s_writes_in_order_and_makes_the_same_calls() {
+    let names: Vec<String> = (0..40).map(|i| format!("r{i:02}")).collect();
+    let run = |width: usize| {
+        let names = names.clone();
+        async move {
+            let api = FakeApi::default();
+            for n in &names {
+                api.put(&relay(n));
+            }
+            let client = api.client();
+            let mut state = ControllerState::default();
+            let relays = api.relays();
+            let workers = vec!["w-1".to_string(), "w-2".to_string()];
+            let planned = plan(
+                &mut state,
+                &Observed {
+                    relays: &relays,
+                    allowlists: &[],
+                    workers: &workers,
+                    targets: &BTreeMap::new(),
+                    now: T0,
+                },
+                &PlanConfig::default(),
+            );
+            let report = apply_concurrently(&client, &planned.actions, None, width).await;
+            assert!(report.errors.is_empty(), "{:?}", report.errors);
+            assert_eq!(report.conflicts, 0);
+            assert_eq!(report.updated.len(), 3 * names.len());
+            (api.take_calls(), api.relays())
+        }
+    };
+    let (sequential, seq_objects) = run(1).await;
+    let (concurrent, conc_objects) = run(8).await;
+    assert_eq!(sequential.len(), 3 * names.len());
+    assert_eq!(concurrent.len(), sequential.len());
+    for n in &names {
+        // Per relay: the same calls, in the same order (finalizer, label, status).
+        let of = |calls: &[Call]| -> Vec<(String, String, String, Value)> {
+            calls
+                .iter()
+                .filter(|c| c.path == path(n) || c.path == status_path(n))
+                .map(|c| {
+                    let (m, p, t) = c.summary();
+                    (m, p, t, c.body.clone())
+                })
+                .collect()
+        };
+        let seq = of(&sequential);
+        assert_eq!(seq.len(), 3, "{n}");
+        assert_eq!(of(&concurrent), seq, "{n}");
+    }
+    // Same end state, object by object.
+    let labels = |objects: &[SyncRelay]| -> Vec<(String, Option<String>, Vec<String>)> {
+        objects
+            .iter()
+            .map(|r| {
+                (
+                    r.metadata.name.clone().unwrap_or_default(),
+                    r.metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(WORKER_LABEL).cloned()),
+                    r.metadata.finalizers.clone().unwrap_or_default(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(labels(&conc_objects), labels(&seq_objects));
+    // And they did run at once: some relay's first write came before an earlier relay's last.
+    let first_of = |n: &str| concurrent.iter().position(|c| c.path == path(n));
+    let last_of = |n: &str| concurrent.iter().rposition(|c| c.path == status_path(n));
+    assert!(
+        names.windows(2).any(|w| first_of(&w[1]) < last_of(&w[0])),
+        "writes were not interleaved across relays"
+    );
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@
 //!   when a timer runs out (drain timeout, reap grace, a worker Lease expiring) and every
 //!   `resync` (30 s).
 
-use super::apply::apply;
+use super::apply::{apply_concurrently, APPLY_CONCURRENCY};
 use super::feed::{CoreFeed, DiscoverySink};
 use super::plan::{plan, ControllerState, Observed, PlanConfig, TargetState};
 use super::watch::{spawn_watches, Overlay};
@@ -282,7 +282,13 @@ pub async fn run(
                 .get_or_create(&ReasonLabel { reason: label })
                 .inc();
         }
-        let report = apply(&client, &planned.actions, Some(&recorder)).await;
+        let report = apply_concurrently(
+            &client,
+            &planned.actions,
+            Some(&recorder),
+            APPLY_CONCURRENCY,
+        )
+        .await;
         count(&metrics, "skipped", planned.unchanged_statuses);
         count(&metrics, "applied", report.status_applied);
         count(&metrics, "conflict", report.conflicts);
