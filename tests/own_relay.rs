@@ -65,7 +65,7 @@ async fn publish_subscribe_and_local_items() {
         )
         .await
         .expect("local items");
-    assert_eq!(items, vec![(issue.id, issue.created_at)]);
+    assert_eq!(items.to_vec(), vec![(issue.id, issue.created_at)]);
     let extra = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await;
     assert!(
         extra

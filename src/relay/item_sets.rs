@@ -8,34 +8,39 @@
 //! lack events our relay stored since, which negentropy then downloads again (dedup drops
 //! them); it never claims an event our relay does not hold.
 
-use nostr::{EventId, Timestamp};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// `(id, created_at)` of the events our relay holds for one filter.
-pub type Items = Arc<Vec<(EventId, Timestamp)>>;
-
-type Slot = Arc<tokio::sync::Mutex<Option<(Instant, Items)>>>;
+type Slot<T> = Arc<tokio::sync::Mutex<Option<(Instant, T)>>>;
 
 /// Filters remembered at once; beyond it, slots nobody waits on are dropped.
 const MAX_FILTERS: usize = 256;
 
-/// Shared, single-flight item sets keyed by filter (its JSON).
-#[derive(Clone, Default)]
-pub struct SharedItemSets {
-    slots: Arc<Mutex<HashMap<String, Slot>>>,
+/// Shared, single-flight item sets keyed by filter (its JSON). `T` is the set as sessions use
+/// it (the sealed negentropy storage; cheap to clone).
+#[derive(Clone)]
+pub struct SharedItemSets<T> {
+    slots: Arc<Mutex<HashMap<String, Slot<T>>>>,
 }
 
-impl std::fmt::Debug for SharedItemSets {
+impl<T> Default for SharedItemSets<T> {
+    fn default() -> Self {
+        SharedItemSets {
+            slots: Arc::default(),
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for SharedItemSets<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("SharedItemSets")
     }
 }
 
-impl SharedItemSets {
+impl<T: Clone> SharedItemSets<T> {
     /// The set for `key`: fetched by `fetch` unless a fetch for it is running (then its
     /// result) or finished less than `fresh_for` ago.
     pub async fn get_or_fetch<F, Fut, E>(
@@ -43,10 +48,10 @@ impl SharedItemSets {
         key: String,
         fresh_for: Duration,
         fetch: F,
-    ) -> Result<Items, E>
+    ) -> Result<T, E>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Vec<(EventId, Timestamp)>, E>>,
+        Fut: Future<Output = Result<T, E>>,
     {
         let slot = {
             let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
@@ -65,7 +70,7 @@ impl SharedItemSets {
                 return Ok(items.clone());
             }
         }
-        let items: Items = Arc::new(fetch().await?);
+        let items = fetch().await?;
         *held = Some((Instant::now(), items.clone()));
         Ok(items)
     }
@@ -74,6 +79,7 @@ impl SharedItemSets {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nostr::{EventId, Timestamp};
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn item(n: u8) -> (EventId, Timestamp) {
@@ -101,19 +107,19 @@ mod tests {
             sets.get_or_fetch("l1".into(), fresh, fetch(2)),
         );
         assert_eq!(fetches.load(Ordering::SeqCst), 1, "one fetch for both");
-        assert_eq!(a, Ok(Arc::new(vec![item(1)])));
+        assert_eq!(a, Ok(vec![item(1)]));
         assert_eq!(b, a);
         // Another filter is its own set.
         let c = sets.get_or_fetch("l2".into(), fresh, fetch(3)).await;
-        assert_eq!(c, Ok(Arc::new(vec![item(3)])));
+        assert_eq!(c, Ok(vec![item(3)]));
         assert_eq!(fetches.load(Ordering::SeqCst), 2);
         // Fresh: served; stale: fetched again.
         tokio::time::advance(Duration::from_secs(4)).await;
         let d = sets.get_or_fetch("l1".into(), fresh, fetch(4)).await;
-        assert_eq!(d, Ok(Arc::new(vec![item(1)])));
+        assert_eq!(d, Ok(vec![item(1)]));
         tokio::time::advance(Duration::from_secs(2)).await;
         let e = sets.get_or_fetch("l1".into(), fresh, fetch(5)).await;
-        assert_eq!(e, Ok(Arc::new(vec![item(5)])));
+        assert_eq!(e, Ok(vec![item(5)]));
         assert_eq!(fetches.load(Ordering::SeqCst), 3);
     }
 
@@ -122,7 +128,9 @@ mod tests {
         let sets = SharedItemSets::default();
         let fresh = Duration::from_secs(5);
         let failed = sets
-            .get_or_fetch("l1".into(), fresh, || async { Err::<Vec<_>, _>("down") })
+            .get_or_fetch("l1".into(), fresh, || async {
+                Err::<Vec<(EventId, Timestamp)>, _>("down")
+            })
             .await;
         assert_eq!(failed, Err("down"));
         let ok = sets
@@ -130,6 +138,6 @@ mod tests {
                 Ok::<_, &str>(vec![item(7)])
             })
             .await;
-        assert_eq!(ok, Ok(Arc::new(vec![item(7)])));
+        assert_eq!(ok, Ok(vec![item(7)]));
     }
 }

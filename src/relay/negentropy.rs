@@ -3,11 +3,13 @@
 //! plans their download (REQs of several id filters) and checks that every requested id
 //! arrived.
 
+use negentropy::NegentropyStorageBase;
 use nostr::{EventId, Filter, Timestamp};
 use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
 
 /// Largest negentropy frame we send (hex doubles it on the wire).
-pub const FRAME_LIMIT: u64 = 60_000;
+pub const FRAME_LIMIT: u64 = 16_384;
 
 /// Why a reconciliation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -29,9 +31,91 @@ pub enum NegStep {
     Finished,
 }
 
+/// Our relay's items for one filter, sorted and sealed once. Sessions reconciling the same
+/// filter share one (every relay's layer-1 session reconciles every announcement on our relay,
+/// so a worker would otherwise hold one copy of that set per session).
+#[derive(Clone, Debug)]
+pub struct LocalItems(Arc<negentropy::NegentropyStorageVector>);
+
+impl LocalItems {
+    /// Sorts and seals `items` (duplicates collapse).
+    pub fn build(
+        items: impl IntoIterator<Item = (EventId, Timestamp)>,
+    ) -> Result<LocalItems, NegError> {
+        let items = items.into_iter();
+        let mut storage = negentropy::NegentropyStorageVector::with_capacity(items.size_hint().0);
+        for (id, at) in items {
+            storage
+                .insert(at.as_secs(), negentropy::Id::from_byte_array(id.to_bytes()))
+                .map_err(protocol)?;
+        }
+        storage.seal().map_err(protocol)?;
+        Ok(LocalItems(Arc::new(storage)))
+    }
+
+    /// Distinct items held.
+    pub fn len(&self) -> usize {
+        self.0.size().unwrap_or(0)
+    }
+
+    /// Whether it holds no item.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The items as `(id, created_at)`, in negentropy order (time, then id).
+    pub fn to_vec(&self) -> Vec<(EventId, Timestamp)> {
+        let mut out = Vec::with_capacity(self.len());
+        // Iterating a sealed vector within its bounds cannot fail.
+        let _ = self.0.iterate(0, self.len(), &mut |item, _| {
+            out.push((
+                EventId::from_byte_array(*item.id.as_bytes()),
+                Timestamp::from_secs(item.timestamp),
+            ));
+            Ok(true)
+        });
+        out
+    }
+}
+
+impl Default for LocalItems {
+    /// The empty set, sealed.
+    fn default() -> Self {
+        let mut storage = negentropy::NegentropyStorageVector::new();
+        // Sealing a fresh, empty vector cannot fail (it fails only when already sealed).
+        let _ = storage.seal();
+        LocalItems(Arc::new(storage))
+    }
+}
+
+impl NegentropyStorageBase for LocalItems {
+    fn size(&self) -> Result<usize, negentropy::Error> {
+        self.0.size()
+    }
+
+    fn get_item(&self, i: usize) -> Result<Option<negentropy::Item>, negentropy::Error> {
+        self.0.get_item(i)
+    }
+
+    fn iterate(
+        &self,
+        begin: usize,
+        end: usize,
+        cb: &mut dyn FnMut(negentropy::Item, usize) -> Result<bool, negentropy::Error>,
+    ) -> Result<(), negentropy::Error> {
+        self.0.iterate(begin, end, cb)
+    }
+
+    fn find_lower_bound(&self, first: usize, last: usize, value: &negentropy::Bound) -> usize {
+        self.0.find_lower_bound(first, last, value)
+    }
+
+    // `fingerprint` is the trait's default, as for the vector.
+}
+
 /// The initiator's side of one session.
 pub struct Reconciler {
-    neg: negentropy::Negentropy<'static, negentropy::NegentropyStorageVector>,
+    neg: negentropy::Negentropy<'static, LocalItems>,
     need: Vec<EventId>,
     /// Whether any NEG-MSG arrived (a relay without NIP-77 never answers).
     pub replied: bool,
@@ -52,16 +136,9 @@ fn protocol(e: negentropy::Error) -> NegError {
 }
 
 impl Reconciler {
-    /// Builds the local set and the initial message (hex) for NEG-OPEN.
-    pub fn start(local: &[(EventId, Timestamp)]) -> Result<(Reconciler, String), NegError> {
-        let mut storage = negentropy::NegentropyStorageVector::with_capacity(local.len());
-        for (id, at) in local {
-            storage
-                .insert(at.as_secs(), negentropy::Id::from_byte_array(id.to_bytes()))
-                .map_err(protocol)?;
-        }
-        storage.seal().map_err(protocol)?;
-        let mut neg = negentropy::Negentropy::owned(storage, FRAME_LIMIT).map_err(protocol)?;
+    /// Starts from our relay's items and returns the initial message (hex) for NEG-OPEN.
+    pub fn start(local: LocalItems) -> Result<(Reconciler, String), NegError> {
+        let mut neg = negentropy::Negentropy::owned(local, FRAME_LIMIT).map_err(protocol)?;
         let init = hex::encode(neg.initiate().map_err(protocol)?);
         let bytes = init.len() as u64;
         Ok((
@@ -226,6 +303,7 @@ mod tests {
         }
         storage.seal().expect("seal");
         let mut server = negentropy::Negentropy::owned(storage, 0).expect("server");
+        let local = LocalItems::build(local.iter().copied()).expect("local items");
         let (mut client, init) = Reconciler::start(local).expect("start");
         let mut msg = init;
         for _ in 0..50 {
@@ -302,7 +380,7 @@ mod tests {
 
     #[test]
     fn not_hex_is_an_error() {
-        let (mut r, _) = Reconciler::start(&[]).expect("start");
+        let (mut r, _) = Reconciler::start(LocalItems::default()).expect("start");
         assert_eq!(r.on_message("zz"), Err(NegError::NotHex));
     }
 }

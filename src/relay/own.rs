@@ -7,10 +7,11 @@
 use super::embedded::{direct_writer, DirectWriter};
 use super::forward::OkRejection;
 use super::item_sets::SharedItemSets;
+use super::negentropy::LocalItems;
 use super::publisher::{Publisher, PublisherConfig};
 use crate::core::nip34::SELF_SUBSCRIBER_KINDS;
 use crate::core::url::RelayUrl;
-use nostr::{Event, EventId, Filter, Kind, RelayMessage, SubscriptionId, Timestamp};
+use nostr::{Event, Filter, Kind, RelayMessage, SubscriptionId, Timestamp};
 use nostr_sdk::{Client, RelayPoolNotification};
 use std::time::Duration;
 use thiserror::Error;
@@ -74,17 +75,20 @@ impl std::fmt::Debug for LocalSet {
 const LOCAL_ITEMS_LIMIT: usize = 5_000_000;
 
 impl LocalSet {
-    /// `(id, created_at)` of every event our relay holds for `filter`.
+    /// `(id, created_at)` of every event our relay holds for `filter`, sealed for negentropy.
     pub async fn items(
         &self,
         filter: Filter,
         timeout: Duration,
-    ) -> Result<Vec<(EventId, Timestamp)>, OwnRelayError> {
+    ) -> Result<LocalItems, OwnRelayError> {
         match self {
-            LocalSet::Store(db) => db
-                .negentropy_items(filter)
-                .await
-                .map_err(|e| OwnRelayError::Store(e.to_string())),
+            LocalSet::Store(db) => {
+                let items = db
+                    .negentropy_items(filter)
+                    .await
+                    .map_err(|e| OwnRelayError::Store(e.to_string()))?;
+                LocalItems::build(items).map_err(|e| OwnRelayError::Store(e.to_string()))
+            }
             LocalSet::Relay(client) => {
                 let filter = if filter.limit.is_none() {
                     filter.limit(LOCAL_ITEMS_LIMIT)
@@ -108,7 +112,7 @@ pub struct OwnRelayClient {
     /// When our relay is the embedded one in this process: its store, written directly.
     direct: Option<DirectWriter>,
     /// Item sets shared by every session of the process (see `item_sets`).
-    item_sets: SharedItemSets,
+    item_sets: SharedItemSets<LocalItems>,
 }
 
 /// How long a fetched item set serves other sessions.
@@ -170,23 +174,23 @@ impl OwnRelayClient {
         &self,
         filter: Filter,
         timeout: Duration,
-    ) -> Result<Vec<(EventId, Timestamp)>, OwnRelayError> {
+    ) -> Result<LocalItems, OwnRelayError> {
         let key = nostr::JsonUtil::as_json(&filter);
-        let items = self
-            .item_sets
+        self.item_sets
             .get_or_fetch(key, ITEM_SET_FRESH_FOR, || async {
+                let request = |message: String| OwnRelayError::Request {
+                    url: self.url.clone(),
+                    message,
+                };
                 let events = self
                     .client
                     .fetch_events(filter, timeout)
                     .await
-                    .map_err(|e| OwnRelayError::Request {
-                        url: self.url.clone(),
-                        message: e.to_string(),
-                    })?;
-                Ok(events.iter().map(|e| (e.id, e.created_at)).collect())
+                    .map_err(|e| request(e.to_string()))?;
+                LocalItems::build(events.iter().map(|e| (e.id, e.created_at)))
+                    .map_err(|e| request(e.to_string()))
             })
-            .await?;
-        Ok(items.as_ref().clone())
+            .await
     }
 
     /// Starts the self-subscriber: kinds 30617, 1617, 1618 and 1621 since `since`, every

@@ -545,7 +545,7 @@ impl Session {
                 return Ok(());
             }
         };
-        let (reconciler, init) = match Reconciler::start(&local) {
+        let (reconciler, init) = match Reconciler::start(local) {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, "negentropy setup failed");
