@@ -7,11 +7,15 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use cli::{Cli, Command};
 use grasp_sync::config;
+use grasp_sync::observe::memory;
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
+    let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?)
+        .build()?;
+    // Every role: RSS back near the live heap after bursts (see `observe::memory`).
+    rt.spawn(memory::trim_periodically(memory::TRIM_INTERVAL));
+    Ok(rt)
 }
 
 fn main() -> Result<()> {

@@ -1,6 +1,7 @@
-//! Observability: Prometheus metrics, the HTTP endpoints (/metrics, /livez, /readyz, /status)
-//! and the `kubectl get syncrelays`-style table.
+//! Observability: Prometheus metrics, the HTTP endpoints (/metrics, /livez, /readyz, /status),
+//! the `kubectl get syncrelays`-style table, and keeping RSS near the live heap (`memory`).
 
 pub mod http;
+pub mod memory;
 pub mod metrics;
 pub mod table;
