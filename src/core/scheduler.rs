@@ -553,7 +553,15 @@ impl SyncCore {
             return;
         };
         match classify_relay_message(message) {
-            RelayMessageClass::RateLimited => self.start_cooldown(now, id, out),
+            RelayMessageClass::RateLimited => {
+                // A NOTICE names no subscription, and a rate-limiting relay may have dropped
+                // any REQ sent before it. A dropped historic part times out and is retried, but
+                // a dropped live REQ has no deadline: its repos would stay uncovered until the
+                // next fresh start. Rebuild everything once the cooldown ends; the replacement
+                // live REQs ask from `bridge_since`, so events of the gap come back too.
+                self.start_cooldown(now, id, out);
+                self.needs_consolidate.insert(id);
+            }
             RelayMessageClass::TooManySubscriptions => {
                 // We cannot tell which REQ was refused: rebuild everything within a lower budget.
                 self.lower_budget(id, out);

@@ -37,6 +37,22 @@ fn venv() -> PathBuf {
 impl PyRelay {
     /// Starts one and waits until it accepts connections (bounded to 30 s).
     pub fn start(kind: PyRelayKind) -> Self {
+        Self::start_with(kind, "")
+    }
+
+    /// PyPI `nostr-relay` with its own REQ rate limiter on, `rule` in its syntax (e.g.
+    /// `"2/s"`, for all clients together): a REQ over the limit is dropped and answered
+    /// `["NOTICE","rate-limited"]`, and the connection is throttled (a pause after each
+    /// later command, doubling with every refusal).
+    pub fn start_req_rate_limited(rule: &str) -> Self {
+        Self::start_with(
+            PyRelayKind::NostrRelay,
+            &format!("rate_limits:\n  global:\n    REQ: \"{rule}\"\n"),
+        )
+    }
+
+    /// `extra` is appended to `nostr-relay`'s YAML config (ignored for the other kind).
+    fn start_with(kind: PyRelayKind, extra: &str) -> Self {
         let bin = venv().join("bin");
         assert!(
             bin.join("python").exists(),
@@ -54,7 +70,8 @@ impl PyRelay {
         let mut cmd = match kind {
             PyRelayKind::NostrRelay => {
                 let config = dir.join("config.yaml");
-                std::fs::write(&config, nostr_relay_config(addr, &dir)).expect("write config");
+                std::fs::write(&config, nostr_relay_config(addr, &dir) + extra)
+                    .expect("write config");
                 let mut c = Command::new(bin.join("nostr-relay"));
                 c.arg("-c").arg(&config).arg("serve");
                 c

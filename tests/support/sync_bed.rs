@@ -42,14 +42,29 @@ impl RemoteRelay {
         }
     }
 
+    /// Starts one on a free port that keeps at most `max_reqs` REQ subscriptions open per
+    /// connection: nostr-relay-builder answers one more with
+    /// `CLOSED "rate-limited: too many REQs"` (it publishes no NIP-11, so a client can learn
+    /// the cap only from that CLOSED). NEG-OPEN sessions do not count against it.
+    pub async fn start_max_reqs(max_reqs: usize) -> RemoteRelay {
+        let addr = free_addr();
+        Self::try_start_with(addr, max_reqs)
+            .await
+            .unwrap_or_else(|| panic!("remote relay cannot bind {addr}"))
+    }
+
     async fn try_start(addr: SocketAddr) -> Option<RemoteRelay> {
+        Self::try_start_with(addr, 500).await
+    }
+
+    async fn try_start_with(addr: SocketAddr, max_reqs: usize) -> Option<RemoteRelay> {
         std::net::TcpListener::bind(addr).ok()?;
         let builder = RelayBuilder::default()
             .addr(addr.ip())
             .port(addr.port())
             .default_filter_limit(100_000)
             .rate_limit(RateLimit {
-                max_reqs: 500,
+                max_reqs,
                 notes_per_minute: 1_000_000,
             });
         let relay = LocalRelay::new(builder);
