@@ -248,10 +248,11 @@ where
     }
 }
 
-/// The value of a metric line (first sample whose line starts with `prefix`), 0 when absent.
+/// The sum of the samples whose lines start with `prefix`, 0 when there is none.
 pub fn metric(text: &str, prefix: &str) -> f64 {
+    // A fold from +0: `Sum` for floats starts at -0.0, which prints as "-0".
     text.lines()
         .filter(|l| !l.starts_with('#') && l.starts_with(prefix))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .fold(0.0, |a, b| a + b)
 }
