@@ -37,13 +37,13 @@ use grasp_sync::k8s::consts::{ALLOW_PRIVATE_ANNOTATION, WORKER_LABEL};
 use grasp_sync::relay::embedded::{EmbeddedRelay, EmbeddedRelayConfig};
 use kube::api::{Api, ListParams};
 use kube::ResourceExt;
-use nostr::{Event, EventBuilder, EventId, JsonUtil, Keys, Kind, Tag, TagKind};
+use nostr::{Event, EventId, JsonUtil, Keys};
 use std::collections::HashSet;
 use std::net::ToSocketAddrs;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use support::apiserver::TestApiServer;
-use support::bed::{announcement, free_addr, scratch_dir};
+use support::bed::{announcement, free_addr, huge_announcement, scratch_dir};
 use support::fault_proxy::FaultProxy;
 use support::hostile_relay::HostileRelay;
 use support::k8s_bed::{
@@ -53,7 +53,7 @@ use support::k8s_bed::{
 use support::py_relays::PyRelay;
 use support::sync_bed::{
     coordinate, held, metric, publish, tagged, wait_for_ids, RemoteRelay, FAST_SETTINGS,
-    LOOPBACK_ALLOWLIST,
+    LOOPBACK_ALLOWLIST, SHORT_EOSE_SETTINGS,
 };
 
 const NS: &str = "grasp-hostile";
@@ -384,24 +384,10 @@ async fn a_rate_limiting_relay_loses_nothing() {
 // ---------------------------------------------------------------------------------------
 // Row 3: the hostile relay.
 
-/// A short EOSE timeout: the hostile relay never sends EOSE for history.
-const SHORT_EOSE: &str = "\
-apiVersion: sync.grasp.dev/v1alpha1
-kind: Settings
-metadata: {name: hostile}
-spec:
-  batchWindow: 100ms
-  eoseTimeout: 2s
-  backoff: {base: 500ms, max: 2s, deadAfter: 1h}
-  rateLimitCooldown: 1s
-  reapGrace: 2s
-  reapInterval: 500ms
-";
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_relay_gets_nothing_bad_through() {
     let hostile = HostileRelay::start().await;
-    let bed = Bed::start("k8s-hostile-relay", LOOPBACK_ALLOWLIST, SHORT_EOSE).await;
+    let bed = Bed::start("k8s-hostile-relay", LOOPBACK_ALLOWLIST, SHORT_EOSE_SETTINGS).await;
     let keys = Keys::generate();
     publish(
         &bed.own_url,
@@ -639,18 +625,8 @@ async fn an_announcement_listing_10000_relays_is_capped() {
     let events = issues(&keys, "huge", 20, "issue");
     publish(&remote.url(), &events).await;
 
-    // The remote first, then 9,998 loopback URLs nothing listens on (port 9), then our relay:
-    // past the cap, so it must still be recognised as ours.
-    let mut relays = vec![remote.url()];
-    relays.extend((0..LISTED - 2).map(|i| format!("ws://127.0.0.1:9/{i}")));
-    relays.push(bed.own_url.clone());
-    let huge = EventBuilder::new(Kind::Custom(30617), "")
-        .tags([
-            Tag::identifier("huge"),
-            Tag::custom(TagKind::custom("relays"), relays.iter().map(String::as_str)),
-        ])
-        .sign_with_keys(&keys)
-        .expect("sign");
+    // The remote first, then 9,998 loopback URLs nothing listens on, then our relay.
+    let huge = huge_announcement(&keys, "huge", &remote.url(), &bed.own_url, LISTED);
     let size = huge.as_json().len();
     assert!(size > 150_000, "the announcement is large: {size} bytes");
     publish(&bed.own_url, &[huge]).await;

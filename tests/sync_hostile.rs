@@ -13,20 +13,10 @@ use support::fault_proxy::FaultProxy;
 use support::hostile_relay::HostileRelay;
 use support::sync_bed::*;
 
-const SHORT_EOSE: &str = "\
-apiVersion: sync.grasp.dev/v1alpha1
-kind: Settings
-metadata: {name: hostile}
-spec:
-  batchWindow: 100ms
-  eoseTimeout: 2s
-  backoff: {base: 500ms, max: 2s, deadAfter: 1h}
-";
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_relay_gets_nothing_bad_through_and_everything_is_counted() {
     let h = HostileRelay::start().await;
-    let app = start_app("hostile", &[LOOPBACK_ALLOWLIST, SHORT_EOSE]).await;
+    let app = start_app("hostile", &[LOOPBACK_ALLOWLIST, SHORT_EOSE_SETTINGS]).await;
     let own = app.own_url().to_string();
     let keys = Keys::generate();
     publish(&own, &[announcement(&keys, "repo", &[&own, &h.url()])]).await;

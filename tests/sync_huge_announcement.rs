@@ -6,8 +6,9 @@
 
 mod support;
 
-use nostr::{EventBuilder, Keys, Kind, Tag, TagKind};
+use nostr::Keys;
 use std::time::Duration;
+use support::bed::huge_announcement;
 use support::sync_bed::*;
 
 const LISTED: usize = 10_000;
@@ -32,18 +33,8 @@ async fn an_announcement_listing_10000_relays_is_capped_and_its_repo_still_syncs
         .collect();
     publish(&remote.url(), &issues).await;
 
-    // The remote first, then 9,998 loopback URLs nothing listens on (port 9), then our relay:
-    // past the cap, so it must still be recognised as ours.
-    let mut relays = vec![remote.url()];
-    relays.extend((0..LISTED - 2).map(|i| format!("ws://127.0.0.1:9/{i}")));
-    relays.push(own.clone());
-    let huge = EventBuilder::new(Kind::Custom(30617), "")
-        .tags([
-            Tag::identifier("huge"),
-            Tag::custom(TagKind::custom("relays"), relays.iter().map(String::as_str)),
-        ])
-        .sign_with_keys(&keys)
-        .expect("sign");
+    // The remote first, then 9,998 loopback URLs nothing listens on, then our relay.
+    let huge = huge_announcement(&keys, "huge", &remote.url(), &own, LISTED);
     let size = nostr::JsonUtil::as_json(&huge).len();
     assert!(size > 150_000, "the announcement is large: {size} bytes");
     publish(&own, &[huge]).await;

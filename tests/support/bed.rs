@@ -31,6 +31,17 @@ pub fn announcement(keys: &Keys, d: &str, relays: &[&str]) -> Event {
         .expect("sign")
 }
 
+/// A signed announcement of repo `d` listing `listed` relays: `first`, then loopback URLs
+/// nothing listens on (port 9), then `own` last, past any cap, so that it must still be
+/// recognised as our relay.
+pub fn huge_announcement(keys: &Keys, d: &str, first: &str, own: &str, listed: usize) -> Event {
+    let mut relays = vec![first.to_string()];
+    relays.extend((0..listed.saturating_sub(2)).map(|i| format!("ws://127.0.0.1:9/{i}")));
+    relays.push(own.to_string());
+    let relays: Vec<&str> = relays.iter().map(String::as_str).collect();
+    announcement(keys, d, &relays)
+}
+
 /// Starts the embedded relay on a free port with its store in `dir`.
 pub async fn embedded_relay(dir: &std::path::Path) -> EmbeddedRelay {
     EmbeddedRelay::start(EmbeddedRelayConfig::new(free_addr(), dir.to_path_buf()))

@@ -97,6 +97,20 @@ spec:
   reapInterval: 500ms
 ";
 
+/// [`FAST_SETTINGS`] with a 2 s EOSE timeout, for relays that never send EOSE for history.
+pub const SHORT_EOSE_SETTINGS: &str = "\
+apiVersion: sync.grasp.dev/v1alpha1
+kind: Settings
+metadata: {name: short-eose}
+spec:
+  batchWindow: 100ms
+  eoseTimeout: 2s
+  backoff: {base: 500ms, max: 2s, deadAfter: 1h}
+  rateLimitCooldown: 1s
+  reapGrace: 2s
+  reapInterval: 500ms
+";
+
 /// An allowlist admitting every loopback `ws://` relay (private networks allowed).
 pub const LOOPBACK_ALLOWLIST: &str = "\
 apiVersion: sync.grasp.dev/v1alpha1
