@@ -1,146 +1,39 @@
-//! Fault-matrix row: status writes answered 409 and 429 (issue 6). The worker runs in-process
-//! with a kube client whose HTTP service answers two of every three status PATCHes itself: 429
-//! Too Many Requests (with `Retry-After`) and 409 Conflict, in turn. Everything else reaches the
-//! real kube-apiserver. Forwarding must not notice (nothing lost), the status must still
-//! converge to `Synced` with the right counts, and the refusals must be counted by result.
-//! The controller is the real binary with a direct connection. Every wait is bounded.
+//! Fault-matrix row: status writes answered 409 and 429 (issue 6). The worker is the real
+//! `grasp-sync worker` process; its kubeconfig points at a plain-HTTP reverse proxy
+//! (`support::api_proxy`) that forwards everything to the real kube-apiserver except SyncRelay
+//! status PATCHes, two of every three of which it answers itself: 429 Too Many Requests (with
+//! `Retry-After: 1`) and 409 Conflict, in turn. Forwarding must not notice (nothing lost, by
+//! event id), the status must still converge to `Synced` with the right counts, a 429 must be
+//! honoured (the next status PATCH waits at least `Retry-After`), and the worker's
+//! `grasp_sync_status_patches_total` must count what reached it by result. The controller is
+//! the real binary with a direct connection. Every wait is bounded; everything is on 127.0.0.1.
+//!
+//! The worker's kube client (kube-rs, `default_retry`) retries a 429 itself after
+//! `Retry-After`, so the reporter sees the retry's answer (the 409), not the 429: its
+//! `throttled` count moves only when a write is refused 429 more often than the client retries.
 
 mod support;
 
-use bytes::Bytes;
 use grasp_sync::api::types::{discovered_name, RelayAllowlist, SyncRelay};
 use grasp_sync::core::url::RelayUrl;
-use grasp_sync::k8s::worker::{self, WorkerOptions};
 use grasp_sync::relay::embedded::{EmbeddedRelay, EmbeddedRelayConfig};
-use http::{Method, Request, Response};
-use http_body::Frame;
 use kube::api::Api;
-use kube::client::{Body, ClientBuilder, DynBody};
 use nostr::Keys;
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use support::api_proxy::{ApiProxy, Injected, Rule};
 use support::apiserver::TestApiServer;
 use support::bed::{announcement, free_addr, scratch_dir};
 use support::k8s_bed::{
     condition_status, create_namespace, create_retrying, http_get, install_crds, spawn_controller,
-    wait_for,
+    spawn_worker_with_kubeconfig, wait_for,
 };
 use support::sync_bed::{
     coordinate, metric, publish, tagged, wait_for_ids, RemoteRelay, FAST_SETTINGS,
     LOOPBACK_ALLOWLIST,
 };
-use tower::{Layer, Service};
 
 const NS: &str = "grasp-status-faults";
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// Counts of what the fault layer did.
-#[derive(Clone, Default)]
-struct StatusFaults {
-    status_patches: Arc<AtomicU64>,
-    throttled: Arc<AtomicU64>,
-    conflicts: Arc<AtomicU64>,
-}
-
-impl<S> Layer<S> for StatusFaults {
-    type Service = FaultService<S>;
-    fn layer(&self, inner: S) -> FaultService<S> {
-        FaultService {
-            inner,
-            faults: self.clone(),
-        }
-    }
-}
-
-struct FaultService<S> {
-    inner: S,
-    faults: StatusFaults,
-}
-
-/// The real response's body, or an injected one.
-enum FaultBody {
-    Inner(Box<DynBody>),
-    Fixed(Option<Bytes>),
-}
-
-impl http_body::Body for FaultBody {
-    type Data = Bytes;
-    type Error = BoxError;
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            FaultBody::Inner(b) => Pin::new(b).poll_frame(cx),
-            FaultBody::Fixed(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-        }
-    }
-}
-
-/// A Kubernetes `Status` error body, as the API server sends it.
-fn status_body(code: u16, reason: &str) -> Bytes {
-    Bytes::from(
-        serde_json::json!({
-            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-            "message": format!("injected by the test: {reason}"), "reason": reason, "code": code,
-        })
-        .to_string(),
-    )
-}
-
-impl<S> Service<Request<Body>> for FaultService<S>
-where
-    S: Service<Request<Body>, Response = Response<Box<DynBody>>>,
-    S::Error: Into<BoxError>,
-    S::Future: Send + 'static,
-{
-    type Response = Response<FaultBody>;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<FaultBody>, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let status_patch = req.method() == Method::PATCH
-            && req.uri().path().contains("/syncrelays/")
-            && req.uri().path().ends_with("/status");
-        if status_patch {
-            let n = self.faults.status_patches.fetch_add(1, Ordering::Relaxed);
-            let injected = match n % 3 {
-                0 => {
-                    self.faults.throttled.fetch_add(1, Ordering::Relaxed);
-                    Some((429, "TooManyRequests"))
-                }
-                1 => {
-                    self.faults.conflicts.fetch_add(1, Ordering::Relaxed);
-                    Some((409, "Conflict"))
-                }
-                _ => None,
-            };
-            if let Some((code, reason)) = injected {
-                let response = Response::builder()
-                    .status(code)
-                    .header("content-type", "application/json")
-                    .header("retry-after", "1")
-                    .body(FaultBody::Fixed(Some(status_body(code, reason))));
-                return Box::pin(async move { response.map_err(Into::into) });
-            }
-        }
-        let call = self.inner.call(req);
-        Box::pin(async move {
-            call.await
-                .map(|r| r.map(FaultBody::Inner))
-                .map_err(Into::into)
-        })
-    }
-}
+const RETRY_AFTER_SECS: u32 = 1;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_writes_answered_409_and_429_still_converge_and_lose_nothing() {
@@ -148,6 +41,7 @@ async fn status_writes_answered_409_and_429_still_converge_and_lose_nothing() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
+    let started = Instant::now();
     let server = TestApiServer::start();
     let admin = server.client().await;
     let dir = scratch_dir("status-faults");
@@ -175,27 +69,29 @@ async fn status_writes_answered_409_and_429_still_converge_and_lose_nothing() {
     );
     controller.wait_ready(Duration::from_secs(30)).await;
 
-    // The worker's client: the server's admin kubeconfig, with the fault layer in front.
-    let kubeconfig =
-        kube::config::Kubeconfig::read_from(server.kubeconfig_path()).expect("kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .expect("config");
-    let faults = StatusFaults::default();
-    let client = ClientBuilder::try_from(config)
-        .expect("client builder")
-        .with_layer(&faults)
-        .build();
-    let mut opts = WorkerOptions::new(RelayUrl::parse(&own_url).expect("url"), "worker-0".into());
-    opts.namespace = Some(NS.into());
-    opts.lease_namespace = NS.into();
-    let metrics_addr = free_addr();
-    opts.listen = metrics_addr;
-    opts.settings = grasp_sync::config::settings_from_yaml(FAST_SETTINGS).expect("settings");
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let worker_task = tokio::spawn(worker::run(client, opts, async move {
-        let _ = stop_rx.await;
-    }));
+    // The worker reaches the API server only through the proxy, which refuses two of every
+    // three SyncRelay status PATCHes (the worker's Lease, watches and everything else pass).
+    let proxy = ApiProxy::start(
+        &server,
+        Rule::status_patches("syncrelays", |n| match n % 3 {
+            0 => Some(Injected {
+                code: 429,
+                reason: "TooManyRequests",
+                retry_after: Some(RETRY_AFTER_SECS),
+            }),
+            1 => Some(Injected {
+                code: 409,
+                reason: "Conflict",
+                retry_after: None,
+            }),
+            _ => None,
+        }),
+    )
+    .await;
+    let kubeconfig = proxy.write_kubeconfig(&server, &dir.join("worker-via-proxy.kubeconfig"));
+    let mut worker =
+        spawn_worker_with_kubeconfig(&kubeconfig, &dir, "worker-0", &own_url, NS, Some(&settings));
+    worker.wait_ready(Duration::from_secs(30)).await;
 
     // A repo whose 300 issues are only on the remote; announced on our relay.
     let remote = RemoteRelay::start().await;
@@ -225,6 +121,7 @@ async fn status_writes_answered_409_and_429_still_converge_and_lose_nothing() {
         "with status writes refused",
     )
     .await;
+    let stored_after = started.elapsed();
 
     // The status converges anyway: Connected and Synced, one repo desired and confirmed.
     let relays: Api<SyncRelay> = Api::namespaced(admin.clone(), NS);
@@ -251,13 +148,12 @@ async fn status_writes_answered_409_and_429_still_converge_and_lose_nothing() {
         synced.status.as_ref().map(|s| s.sync.confirmed_repos),
         Some(1)
     );
+    let synced_after = started.elapsed();
 
-    // The refusals were answered and counted by result, and the worker kept retrying.
-    let throttled = faults.throttled.load(Ordering::Relaxed);
-    let conflicts = faults.conflicts.load(Ordering::Relaxed);
-    let attempts = faults.status_patches.load(Ordering::Relaxed);
-    assert!(throttled > 0 && conflicts > 0, "both faults were injected");
-    let (_, text) = http_get(metrics_addr, "/metrics")
+    // The worker's own count by result, scraped before the proxy's counts are read: a write is
+    // counted by the proxy before the worker sees its answer, so the proxy's figures bound the
+    // worker's from above.
+    let (_, text) = http_get(worker.http, "/metrics")
         .await
         .expect("worker metrics");
     let counted_throttled = metric(
@@ -266,21 +162,56 @@ async fn status_writes_answered_409_and_429_still_converge_and_lose_nothing() {
     );
     let counted_errors = metric(&text, "grasp_sync_status_patches_total{result=\"error\"}");
     let applied = metric(&text, "grasp_sync_status_patches_total{result=\"applied\"}");
+    let log = proxy.matched();
+    let throttled = proxy.answered(429);
+    let conflicts = proxy.answered(409);
+    let forwarded = proxy.forwarded_matching();
+    let upstream_errors = proxy.upstream_errors();
+
+    // Both faults were injected, and the writes that got through made the status above.
+    assert!(throttled > 0 && conflicts > 0, "both faults were injected");
+    assert!(forwarded > 0, "some status PATCHes were forwarded");
+    // A 429 was honoured: the status PATCH after it came no sooner than `Retry-After`. (Status
+    // writes are serial: one reporter loop, one SyncRelay.)
+    let waits: Vec<Duration> = log
+        .windows(2)
+        .filter(|w| w[0].answered == Some(429))
+        .map(|w| w[1].at.saturating_sub(w[0].at))
+        .collect();
+    let shortest = waits.iter().min().copied().expect("a PATCH after a 429");
     assert!(
-        counted_throttled >= 1.0,
-        "429s counted as throttled:\n{text}"
+        shortest >= Duration::from_millis(u64::from(RETRY_AFTER_SECS) * 1000 - 100),
+        "a status PATCH came {shortest:?} after a 429 with Retry-After: {RETRY_AFTER_SECS}"
     );
+    // What reached the worker's reporter was counted by result: the 409s as errors, the
+    // forwarded writes as applied; never more than the proxy answered.
     assert!(counted_errors >= 1.0, "409s counted as errors:\n{text}");
-    assert!(applied >= 1.0, "writes still applied");
+    assert!(
+        counted_errors <= (conflicts as u64 + upstream_errors) as f64,
+        "errors counted ({counted_errors}) beyond the 409s and proxy failures \
+         ({conflicts} + {upstream_errors}):\n{text}"
+    );
+    assert!(
+        counted_throttled <= throttled as f64,
+        "throttled counted ({counted_throttled}) beyond the 429s ({throttled})"
+    );
+    assert!(
+        applied >= 1.0 && applied <= forwarded as f64,
+        "applied ({applied}) within 1..={forwarded} forwarded:\n{text}"
+    );
     println!(
-        "status faults: {attempts} status PATCHes, {throttled} answered 429 and {conflicts} \
-         answered 409 by the test; the worker counted {counted_throttled} throttled, \
-         {counted_errors} errors, {applied} applied; all {} events stored; Synced with 1/1 repos",
+        "status faults (worker process via the API proxy): {} status PATCHes, {throttled} \
+         answered 429 and {conflicts} answered 409 by the proxy, {forwarded} forwarded \
+         ({upstream_errors} upstream errors, {} requests proxied in all); shortest wait after a \
+         429: {shortest:?}; the worker counted {counted_throttled} throttled, {counted_errors} \
+         errors, {applied} applied; all {} events stored after {stored_after:.1?}, Synced with \
+         1/1 repos after {synced_after:.1?}",
+        log.len(),
+        proxy.requests(),
         ids.len()
     );
 
-    let _ = stop_tx.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(30), worker_task).await;
+    worker.proc.stop_gracefully();
     controller.proc.stop_gracefully();
     own.shutdown();
 }

@@ -246,3 +246,75 @@ pub fn spawn_worker(
     args.extend(config.map(|c| ["--config", c]).into_iter().flatten());
     spawn_role(server, dir, name, &args)
 }
+
+/// Writes the server's admin kubeconfig (same user and static token) to `path` with its cluster
+/// pointed at `url`, e.g. a proxy in front of the server: `https://127.0.0.1:PORT` keeps the CA
+/// (the serving certificate is for IP 127.0.0.1, so a TCP proxy on another port still
+/// verifies); `http://…` drops it. Returns `path`.
+pub fn write_kubeconfig_for(server: &TestApiServer, url: &str, path: &Path) -> PathBuf {
+    let mut kubeconfig =
+        kube::config::Kubeconfig::read_from(server.kubeconfig_path()).expect("admin kubeconfig");
+    let plain = url.starts_with("http://");
+    for named in &mut kubeconfig.clusters {
+        let cluster = named.cluster.as_mut().expect("kubeconfig cluster");
+        cluster.server = Some(url.to_string());
+        if plain {
+            cluster.certificate_authority = None;
+            cluster.certificate_authority_data = None;
+        }
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).expect("kubeconfig dir");
+    }
+    let yaml = serde_yaml::to_string(&kubeconfig).expect("kubeconfig yaml");
+    std::fs::write(path, yaml).expect("write kubeconfig");
+    path.to_path_buf()
+}
+
+/// Like [`spawn_role`], with `kubeconfig` (e.g. one pointing at a proxy) instead of the
+/// server's.
+pub fn spawn_role_with_kubeconfig(
+    kubeconfig: &Path,
+    dir: &Path,
+    name: &'static str,
+    args: &[&str],
+) -> Role {
+    std::fs::create_dir_all(dir).expect("scratch dir");
+    let http = free_addr();
+    let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    all.extend(["--listen".to_string(), http.to_string()]);
+    let envs = [
+        ("KUBECONFIG", kubeconfig.display().to_string()),
+        (
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info,kube=warn".into()),
+        ),
+    ];
+    let proc = Guarded::spawn_env(name, dir, &grasp_binary(), &all, &envs);
+    Role { proc, http }
+}
+
+/// Like [`spawn_worker`], with `kubeconfig` (e.g. one pointing at a proxy) instead of the
+/// server's.
+pub fn spawn_worker_with_kubeconfig(
+    kubeconfig: &Path,
+    dir: &Path,
+    name: &'static str,
+    own: &str,
+    ns: &str,
+    config: Option<&str>,
+) -> Role {
+    let mut args = vec![
+        "worker",
+        "--own-relay",
+        own,
+        "--name",
+        name,
+        "--namespace",
+        ns,
+        "--lease-namespace",
+        ns,
+    ];
+    args.extend(config.map(|c| ["--config", c]).into_iter().flatten());
+    spawn_role_with_kubeconfig(kubeconfig, dir, name, &args)
+}

@@ -1,6 +1,7 @@
 //! Test support shared by the relay-level integration tests. Each test crate uses a subset.
 #![allow(dead_code)]
 
+pub mod api_proxy;
 pub mod apiserver;
 pub mod bed;
 pub mod fault_proxy;
