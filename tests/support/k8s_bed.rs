@@ -181,19 +181,7 @@ impl Role {
 /// Starts `grasp-sync <args…> --listen <free port>` with the server's admin kubeconfig,
 /// logging to `<dir>/<name>.log`.
 pub fn spawn_role(server: &TestApiServer, dir: &Path, name: &'static str, args: &[&str]) -> Role {
-    std::fs::create_dir_all(dir).expect("scratch dir");
-    let http = free_addr();
-    let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    all.extend(["--listen".to_string(), http.to_string()]);
-    let envs = [
-        ("KUBECONFIG", server.kubeconfig_path().display().to_string()),
-        (
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "info,kube=warn".into()),
-        ),
-    ];
-    let proc = Guarded::spawn_env(name, dir, &grasp_binary(), &all, &envs);
-    Role { proc, http }
+    spawn_role_with_kubeconfig(server.kubeconfig_path(), dir, name, args)
 }
 
 /// `grasp-sync controller` as role `name` with Lease identity `identity`, for our relay `own`,
@@ -232,19 +220,7 @@ pub fn spawn_worker(
     ns: &str,
     config: Option<&str>,
 ) -> Role {
-    let mut args = vec![
-        "worker",
-        "--own-relay",
-        own,
-        "--name",
-        name,
-        "--namespace",
-        ns,
-        "--lease-namespace",
-        ns,
-    ];
-    args.extend(config.map(|c| ["--config", c]).into_iter().flatten());
-    spawn_role(server, dir, name, &args)
+    spawn_worker_with_kubeconfig(server.kubeconfig_path(), dir, name, own, ns, config)
 }
 
 /// Writes the server's admin kubeconfig (same user and static token) to `path` with its cluster
@@ -271,8 +247,8 @@ pub fn write_kubeconfig_for(server: &TestApiServer, url: &str, path: &Path) -> P
     path.to_path_buf()
 }
 
-/// Like [`spawn_role`], with `kubeconfig` (e.g. one pointing at a proxy) instead of the
-/// server's.
+/// Starts `grasp-sync <args…> --listen <free port>` with `kubeconfig` (the server's, or one
+/// pointing at a proxy), logging to `<dir>/<name>.log`.
 pub fn spawn_role_with_kubeconfig(
     kubeconfig: &Path,
     dir: &Path,
@@ -294,8 +270,7 @@ pub fn spawn_role_with_kubeconfig(
     Role { proc, http }
 }
 
-/// Like [`spawn_worker`], with `kubeconfig` (e.g. one pointing at a proxy) instead of the
-/// server's.
+/// [`spawn_worker`] with `kubeconfig` (e.g. one pointing at a proxy) instead of the server's.
 pub fn spawn_worker_with_kubeconfig(
     kubeconfig: &Path,
     dir: &Path,
