@@ -1,21 +1,27 @@
-//! The fault matrix (issue 6) against the whole system: two `grasp-sync controller` processes
-//! (leader and standby) and two `grasp-sync worker` processes, a real kube-apiserver + etcd,
-//! the embedded relay as ours and a nostr-relay-builder relay as the remote, every relay URL
-//! behind its own fault proxy (our relay too). Each row injects one fault while a repo's
-//! events are being synced and then checks, by id, that our relay holds every event the
-//! remote holds for that repo: nothing lost.
+//! The fault matrix (issue 6) against the whole system: `grasp-sync controller` processes
+//! (a leader, and a standby where the row needs one) and `grasp-sync worker` processes, a
+//! real kube-apiserver + etcd, the embedded relay as ours and a nostr-relay-builder relay as
+//! the remote, every relay URL behind its own fault proxy (our relay too). Each row injects
+//! one fault while a repo's events are being synced and then checks, by id, that our relay
+//! holds every event the remote holds for that repo: nothing lost.
 //!
-//! Rows (in order, on one bed):
+//! Rows, one test each, each on its own bed (its own API server, relays, proxies and role
+//! processes, from [`Bed::start`]), so the rows run in parallel:
 //! 1. the websocket is cut right after the announcement (during the NIP-77 exchange) and
-//!    again mid-download;
-//! 2. the remote stalls (connection open, no frames) for 8 s while live events arrive;
-//! 3. our relay is down for 30 s while live events keep arriving at the remote;
-//! 4. the worker holding the relay is SIGKILLed mid-sync;
-//! 5. the leader controller is SIGKILLed; the standby takes over and discovers a new relay;
-//! 6. the API server restarts (watches drop and re-list) while a new repo is synced.
+//!    again mid-download (`a_websocket_cut_during_nip77_and_mid_download_loses_nothing`);
+//! 2. the remote stalls (connection open, no frames) for 8 s while live events arrive
+//!    (`a_remote_stalled_8s_loses_nothing`);
+//! 3. our relay is down for 30 s while live events keep arriving at the remote
+//!    (`our_relay_down_30s_loses_nothing`);
+//! 4. the worker holding the relay is SIGKILLed mid-sync; a second worker takes over
+//!    (`a_worker_sigkilled_mid_sync_loses_nothing`);
+//! 5. the leader controller is SIGKILLed; the standby takes over and discovers a new relay
+//!    (`the_standby_controller_takes_over_from_a_sigkilled_leader`);
+//! 6. the API server restarts (watches drop and re-list) while a new repo is synced
+//!    (`an_api_server_restart_mid_sync_loses_nothing`).
 //!
-//! What each row injected and what the system did is in docs/reliability.md. Every wait is
-//! bounded; everything is on 127.0.0.1.
+//! Each row prints one report line. What each row injected and what the system did is in
+//! docs/reliability.md. Every wait is bounded; everything is on 127.0.0.1.
 
 mod support;
 
@@ -25,7 +31,7 @@ use grasp_sync::relay::embedded::{EmbeddedRelay, EmbeddedRelayConfig};
 use kube::api::Api;
 use kube::ResourceExt;
 use nostr::{Event, EventId, Keys};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use support::apiserver::TestApiServer;
 use support::bed::{announcement, free_addr, scratch_dir};
@@ -40,10 +46,21 @@ use support::sync_bed::{
 
 const NS: &str = "grasp-faults";
 const EVENTS: usize = 1200;
+const CONTROLLERS: [&str; 2] = ["controller-0", "controller-1"];
+const WORKERS: [&str; 2] = ["worker-0", "worker-1"];
 
+/// One row's bed: an API server, our relay behind a proxy, the remote, the role processes.
+///
+/// No `Drop`: [`Bed::stop`] is the graceful teardown at the end of a row, and a row that
+/// panics drops the fields instead: each [`Role`]'s guard SIGKILLs its process once the pipe
+/// from this test process closes (`support::guarded`), the [`TestApiServer`] kills etcd and
+/// kube-apiserver, and our relay's and the proxies' tasks end with the test's runtime. So a
+/// failed row leaves nothing running while the other rows go on in this process. (Without a
+/// `Drop`, row 6 can also move the API server out for its restart and put it back.)
 struct Bed {
     server: TestApiServer,
-    dir: std::path::PathBuf,
+    dir: PathBuf,
+    own: EmbeddedRelay,
     /// Our relay, reached directly (the test's own reads and writes).
     own_direct: String,
     /// Our relay as grasp-sync knows it: through a proxy.
@@ -51,9 +68,59 @@ struct Bed {
     remote: RemoteRelay,
     relays: Api<SyncRelay>,
     keys: Keys,
+    controllers: Vec<Role>,
+    workers: Vec<Role>,
 }
 
 impl Bed {
+    /// Starts a bed in scratch dir `name` (distinct per row: the rows run in parallel in one
+    /// process) with `controllers` controller processes (the first to take the Lease leads,
+    /// the others stand by) and `workers` worker processes, and waits until all are ready.
+    async fn start(name: &str, controllers: usize, workers: usize) -> Bed {
+        let server = TestApiServer::start();
+        let kube = server.client().await;
+        let dir = scratch_dir(name);
+        std::fs::create_dir_all(&dir).expect("scratch");
+        std::fs::write(dir.join("settings.yaml"), FAST_SETTINGS).expect("settings");
+        let (own, own_proxy) = own_relay(&dir.join("own")).await;
+        create_namespace(&kube, NS).await;
+        install_crds(&kube).await;
+        let allowlists: Api<RelayAllowlist> = Api::namespaced(kube.clone(), NS);
+        let allowlist: RelayAllowlist =
+            serde_yaml::from_str(LOOPBACK_ALLOWLIST).expect("allowlist");
+        create_retrying(&allowlists, &allowlist).await;
+        let remote = RemoteRelay::start().await;
+        let mut bed = Bed {
+            own_direct: own.url().to_string(),
+            own,
+            own_proxy,
+            remote,
+            relays: Api::namespaced(kube, NS),
+            keys: Keys::generate(),
+            server,
+            dir,
+            controllers: Vec::new(),
+            workers: Vec::new(),
+        };
+        bed.controllers = CONTROLLERS[..controllers]
+            .iter()
+            .map(|&name| bed.controller(name))
+            .collect();
+        bed.workers = WORKERS[..workers]
+            .iter()
+            .map(|&name| bed.worker(name))
+            .collect();
+        for r in bed.controllers.iter_mut().chain(bed.workers.iter_mut()) {
+            r.wait_ready(Duration::from_secs(30)).await;
+        }
+        bed
+    }
+
+    /// A new fault proxy in front of the remote: a relay URL of its own.
+    async fn proxy(&self) -> FaultProxy {
+        FaultProxy::start(self.remote.addr).await.expect("proxy")
+    }
+
     /// A repo `d` listing our relay and `relay`, with `n` issues on the remote.
     async fn repo_on_remote(&self, d: &str, relay: &str, n: usize) -> Vec<EventId> {
         let repo = announcement(&self.keys, d, &[&self.own_proxy.url(), relay]);
@@ -163,6 +230,20 @@ impl Bed {
         let own = self.own_proxy.url();
         spawn_worker(&self.server, &self.dir, name, &own, NS, Some(&settings))
     }
+
+    /// Stops the roles still running (SIGTERM, bounded wait), the API server and our relay,
+    /// and removes the scratch dir (the roles' logs stay there when a row fails).
+    fn stop(mut self) {
+        for r in self.controllers.iter_mut().chain(self.workers.iter_mut()) {
+            r.proc.signal("TERM");
+        }
+        for r in self.controllers.iter_mut().chain(self.workers.iter_mut()) {
+            r.proc.wait_stopped();
+        }
+        drop(self.server);
+        self.own.shutdown();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 async fn own_relay(dir: &Path) -> (EmbeddedRelay, FaultProxy) {
@@ -192,45 +273,11 @@ fn leader(server: &TestApiServer) -> Option<String> {
     (!holder.is_empty()).then_some(holder)
 }
 
+/// Row 1: cut during NIP-77, and again mid-download.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nothing_is_lost_under_the_fault_matrix() {
-    let server = TestApiServer::start();
-    let kube = server.client().await;
-    let dir = scratch_dir("faults");
-    std::fs::create_dir_all(&dir).expect("scratch");
-    std::fs::write(dir.join("settings.yaml"), FAST_SETTINGS).expect("settings");
-    let (own, own_proxy) = own_relay(&dir.join("own")).await;
-    create_namespace(&kube, NS).await;
-    install_crds(&kube).await;
-    let allowlists: Api<RelayAllowlist> = Api::namespaced(kube.clone(), NS);
-    let allowlist: RelayAllowlist = serde_yaml::from_str(LOOPBACK_ALLOWLIST).expect("allowlist");
-    create_retrying(&allowlists, &allowlist).await;
-    let remote = RemoteRelay::start().await;
-    let mut proxies = Vec::new();
-    for _ in 0..6 {
-        proxies.push(FaultProxy::start(remote.addr).await.expect("proxy"));
-    }
-    let bed = Bed {
-        own_direct: own.url().to_string(),
-        own_proxy,
-        remote,
-        relays: Api::namespaced(kube.clone(), NS),
-        keys: Keys::generate(),
-        server,
-        dir,
-    };
-    let mut controllers = vec![
-        bed.controller("controller-0"),
-        bed.controller("controller-1"),
-    ];
-    let mut workers = vec![bed.worker("worker-0"), bed.worker("worker-1")];
-    for r in controllers.iter_mut().chain(workers.iter_mut()) {
-        r.wait_ready(Duration::from_secs(30)).await;
-    }
-    let mut report = Vec::new();
-
-    // 1. Cut during NIP-77, and again mid-download.
-    let p = &proxies[0];
+async fn a_websocket_cut_during_nip77_and_mid_download_loses_nothing() {
+    let bed = Bed::start("faults-cut", 1, 1).await;
+    let p = bed.proxy().await;
     let ids = bed.repo_on_remote("cut", &p.url(), EVENTS).await;
     bed.announce("cut", &p.url()).await;
     bed.holder(&p.url()).await;
@@ -251,13 +298,18 @@ async fn nothing_is_lost_under_the_fault_matrix() {
     )
     .await;
     bed.synced(&p.url(), Duration::from_secs(30)).await;
-    report.push(format!(
+    println!(
         "cut: 2 cuts ({partial} of {EVENTS} stored at the second), {} reconnects, all {EVENTS} stored",
         p.accepted().saturating_sub(first + 1)
-    ));
+    );
+    bed.stop();
+}
 
-    // 2. A stall: connection open, no frames, while live events arrive.
-    let p = &proxies[1];
+/// Row 2: a stall (connection open, no frames) while live events arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_stalled_8s_loses_nothing() {
+    let bed = Bed::start("faults-stall", 1, 1).await;
+    let p = bed.proxy().await;
     let mut ids = bed.repo_on_remote("stall", &p.url(), 50).await;
     bed.announce("stall", &p.url()).await;
     wait_for_ids(
@@ -280,14 +332,35 @@ async fn nothing_is_lost_under_the_fault_matrix() {
         "row 2: stall",
     )
     .await;
-    report.push(format!("stall 8 s: all {} stored", ids.len()));
+    println!("stall 8 s: all {} stored", ids.len());
+    bed.stop();
+}
 
-    // 3. Our relay down for 30 s (refused and cut) while the remote keeps receiving.
+/// Row 3: our relay down for 30 s (refused and cut) while the remote keeps receiving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_relay_down_30s_loses_nothing() {
+    let bed = Bed::start("faults-own-down", 1, 1).await;
+    // Two repos on two relays (two sessions), both synced and live before the outage, so
+    // that the outage hits sessions forwarding live events, not a first download.
+    let (pa, pb) = (bed.proxy().await, bed.proxy().await);
+    let mut before = bed.repo_on_remote("own-a", &pa.url(), 50).await;
+    before.extend(bed.repo_on_remote("own-b", &pb.url(), 50).await);
+    bed.announce("own-a", &pa.url()).await;
+    bed.announce("own-b", &pb.url()).await;
+    wait_for_ids(
+        &bed.own_direct,
+        &before,
+        Duration::from_secs(60),
+        "row 3: before",
+    )
+    .await;
+    bed.synced(&pa.url(), Duration::from_secs(30)).await;
+    bed.synced(&pb.url(), Duration::from_secs(30)).await;
     let own_down = Instant::now();
     bed.own_proxy.refuse(true);
     bed.own_proxy.cut();
-    let mut ids = bed.live("stall", 200, "own-down").await;
-    ids.extend(bed.live("cut", 200, "own-down").await);
+    let mut ids = bed.live("own-a", 200, "own-down").await;
+    ids.extend(bed.live("own-b", 200, "own-down").await);
     tokio::time::sleep(Duration::from_secs(30).saturating_sub(own_down.elapsed())).await;
     bed.own_proxy.refuse(false);
     wait_for_ids(
@@ -297,23 +370,29 @@ async fn nothing_is_lost_under_the_fault_matrix() {
         "row 3: own down",
     )
     .await;
-    report.push(format!(
+    println!(
         "our relay down 30 s: all {} live events stored after it came back ({:?} after the outage began)",
         ids.len(),
         own_down.elapsed()
-    ));
+    );
+    bed.stop();
+}
 
-    // 4. SIGKILL the worker holding a relay mid-sync.
-    let p = &proxies[2];
+/// Row 4: SIGKILL the worker holding a relay mid-sync; the second worker takes it over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_sigkilled_mid_sync_loses_nothing() {
+    let mut bed = Bed::start("faults-kill-worker", 1, 2).await;
+    let p = bed.proxy().await;
     let ids = bed.repo_on_remote("kill", &p.url(), EVENTS).await;
     bed.announce("kill", &p.url()).await;
     let holder = bed.holder(&p.url()).await;
     let partial = bed.wait_partial(&ids, "kill").await;
-    let idx = workers
+    let idx = bed
+        .workers
         .iter()
         .position(|w| w.proc.name() == holder.as_str())
         .expect("holder is ours");
-    let mut dead = workers.remove(idx);
+    let mut dead = bed.workers.remove(idx);
     dead.proc.signal("KILL");
     dead.proc.wait_stopped();
     wait_for_ids(
@@ -323,23 +402,30 @@ async fn nothing_is_lost_under_the_fault_matrix() {
         "row 4: worker killed",
     )
     .await;
-    report.push(format!(
+    println!(
         "worker {holder} SIGKILLed with {partial} of {EVENTS} stored: all {EVENTS} stored by the other"
-    ));
+    );
+    bed.stop();
+}
 
-    // 5. SIGKILL the leading controller; the standby leads and discovers a new relay.
+/// Row 5: SIGKILL the leading controller; the standby leads and discovers a new relay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standby_controller_takes_over_from_a_sigkilled_leader() {
+    let mut bed = Bed::start("faults-kill-leader", 2, 1).await;
     let lead = wait_for("a leader", Duration::from_secs(30), || async {
         leader(&bed.server)
     })
     .await;
-    let idx = controllers
+    let idx = bed
+        .controllers
         .iter()
         .position(|c| c.proc.name() == lead.as_str())
         .expect("leader is ours");
-    let mut killed = controllers.remove(idx);
+    let mut killed = bed.controllers.remove(idx);
     killed.proc.signal("KILL");
     killed.proc.wait_stopped();
-    let p = &proxies[3];
+    // The repo and its relay appear only after the kill: only the standby can discover it.
+    let p = bed.proxy().await;
     let ids = bed.repo_on_remote("failover", &p.url(), 100).await;
     bed.announce("failover", &p.url()).await;
     wait_for_ids(
@@ -351,16 +437,26 @@ async fn nothing_is_lost_under_the_fault_matrix() {
     .await;
     let new_lead = leader(&bed.server).unwrap_or_default();
     assert_ne!(new_lead, lead, "the standby leads");
-    report.push(format!(
+    println!(
         "leader {lead} SIGKILLed: {new_lead} took over, discovered the new relay, all 100 stored"
-    ));
+    );
+    bed.stop();
+}
 
-    // 6. The API server restarts while a new repo is being synced. The restart can outlive
-    //    the worker's Lease: the worker drops and re-takes its relays mid-download (this row
-    //    lost the interrupted download's last chunk before the negentropy fixes described in
-    //    docs/reliability.md).
-    let p = &proxies[4];
+/// Row 6: the API server restarts while a new repo is being synced. The restart can outlive
+/// the worker's Lease: the worker drops and re-takes its relays mid-download (this row lost
+/// the interrupted download's last chunk before the negentropy fixes described in
+/// docs/reliability.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_server_restart_mid_sync_loses_nothing() {
+    let mut bed = Bed::start("faults-restart", 1, 1).await;
+    let p = bed.proxy().await;
     let ids = bed.repo_on_remote("restart", &p.url(), EVENTS).await;
+    // The restart blocks (graceful stop, then up to 60 s for /readyz), so it runs on a
+    // blocking thread while the repo is announced; the server goes back into the bed after.
+    // On a fresh bed the announcement reaches the controller after kube-apiserver has
+    // stopped listening, so the discovered relay's SyncRelay can only be created once the
+    // server is back (the last check below).
     let mut server = bed.server;
     let restarted = tokio::task::spawn_blocking(move || {
         server.restart_apiserver();
@@ -374,7 +470,7 @@ async fn nothing_is_lost_under_the_fault_matrix() {
         &p.url(),
     )
     .await;
-    let server = restarted.await.expect("restart");
+    bed.server = restarted.await.expect("restart");
     wait_for_ids(
         &bed.own_direct,
         &ids,
@@ -393,21 +489,11 @@ async fn nothing_is_lost_under_the_fault_matrix() {
         },
     )
     .await;
-    report.push(format!(
-        "API server restarted mid-sync: all {EVENTS} stored"
-    ));
-
-    println!("{}", report.join("\n"));
-    for r in controllers.iter_mut().chain(workers.iter_mut()) {
-        r.proc.signal("TERM");
-    }
-    for r in controllers.iter_mut().chain(workers.iter_mut()) {
-        r.proc.wait_stopped();
-    }
-    drop(server);
-    own.shutdown();
+    println!("API server restarted mid-sync: all {EVENTS} stored");
+    bed.stop();
 }
 
+/// [`Bed::announce`] without borrowing the whole bed (row 6 has moved its API server out).
 async fn bed_announce_direct(own_direct: &str, keys: &Keys, own_proxy: &str, d: &str, relay: &str) {
     let repo = announcement(keys, d, &[own_proxy, relay]);
     publish(own_direct, &[repo]).await;

@@ -38,11 +38,18 @@ pub mod reap_reason {
     pub const EMPTY_TARGET: &str = "EmptyTarget";
 }
 
+/// How long a planned creation waits to be seen in the cache before it is planned again. A
+/// candidate stays remembered until its SyncRelay exists: a create that failed (the API server
+/// restarting, say) must be retried, and the core reports a discovered URL only once.
+pub const CREATE_RETRY: Duration = Duration::from_secs(10);
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Candidate {
     first_seen: Millis,
     /// The last refusal label, so that metrics and events fire on changes only.
     refused: Option<&'static str>,
+    /// When its creation was last planned (`admitted` is counted on the first only).
+    create_planned: Option<Millis>,
 }
 
 /// What discovery remembers between passes.
@@ -58,6 +65,7 @@ impl DiscoveryState {
         self.candidates.entry(url).or_insert(Candidate {
             first_seen: now,
             refused: None,
+            create_planned: None,
         });
         if self.candidates.len() > MAX_CANDIDATES {
             if let Some(oldest) = self
@@ -136,7 +144,7 @@ pub struct DiscoveryOutput {
     pub counted: Vec<&'static str>,
     /// Allowlist statuses that differ from what the objects show: (namespace, name, status).
     pub allowlist_status: Vec<(String, String, RelayAllowlistStatus)>,
-    /// When an empty-target timer runs out next.
+    /// When an empty-target timer runs out next, or a planned creation is due again.
     pub next_wakeup: Option<Millis>,
 }
 
@@ -269,12 +277,24 @@ pub fn discover(state: &mut DiscoveryState, input: &DiscoveryInput<'_>) -> Disco
                         continue;
                     }
                     ns.matched[allowlist] += 1;
-                    let admitting = ns.objects[allowlist].name_any();
-                    out.create.push(Creation {
-                        relay: discovered_relay(ns_name, &name, &url, allow_private_networks),
-                        allowlist: (ns_name.clone(), admitting),
-                    });
-                    out.counted.push("admitted");
+                    let planned = state.candidates.get(&url).and_then(|c| c.create_planned);
+                    let due = planned.is_none_or(|at| now >= at + CREATE_RETRY);
+                    if due {
+                        let admitting = ns.objects[allowlist].name_any();
+                        out.create.push(Creation {
+                            relay: discovered_relay(ns_name, &name, &url, allow_private_networks),
+                            allowlist: (ns_name.clone(), admitting),
+                        });
+                        if planned.is_none() {
+                            out.counted.push("admitted");
+                        }
+                        if let Some(c) = state.candidates.get_mut(&url) {
+                            c.create_planned = Some(now);
+                        }
+                    }
+                    // Until the object shows up in the cache: plan it again when due.
+                    let again = planned.filter(|_| !due).unwrap_or(now) + CREATE_RETRY;
+                    out.next_wakeup = Some(out.next_wakeup.map_or(again, |w| w.min(again)));
                     names.insert((ns_name.clone(), name));
                     created = true;
                     break;
@@ -290,11 +310,11 @@ pub fn discover(state: &mut DiscoveryState, input: &DiscoveryInput<'_>) -> Disco
             }
         }
         if created {
-            state.candidates.remove(&url);
             continue;
         }
         let label = refusal.label();
         if let Some(c) = state.candidates.get_mut(&url) {
+            c.create_planned = None;
             if c.refused != Some(label) {
                 c.refused = Some(label);
                 out.counted.push(label);
@@ -445,6 +465,51 @@ mod tests {
         assert!(again.create.is_empty());
         assert!(again.counted.is_empty() && again.refused.is_empty());
         assert_eq!(state.candidates().count(), 2);
+    }
+
+    #[test]
+    fn a_creation_not_seen_in_the_cache_is_planned_again_and_counted_once() {
+        let lists = [allowlist(
+            "grasp",
+            "default",
+            "allow:\n- host: '*.example.org'\n",
+        )];
+        let mut state = DiscoveryState::default();
+        state.discovered(url("wss://a.example.org"), T0);
+        let first = run(&mut state, &[], &lists, &BTreeMap::new(), T0);
+        assert_eq!(first.create.len(), 1);
+        assert_eq!(first.counted, ["admitted"]);
+        assert_eq!(first.next_wakeup, Some(T0 + CREATE_RETRY));
+        // The create failed (the API server was restarting): no object appears. Not planned
+        // again before the retry interval, and the allowlist still counts it as matched.
+        let soon = run(
+            &mut state,
+            &[],
+            &lists,
+            &BTreeMap::new(),
+            T0 + CREATE_RETRY / 2,
+        );
+        assert!(soon.create.is_empty());
+        assert_eq!(
+            soon.allowlist_status, first.allowlist_status,
+            "still matched: 1"
+        );
+        assert_eq!(soon.next_wakeup, Some(T0 + CREATE_RETRY));
+        let later = T0 + CREATE_RETRY;
+        let retry = run(&mut state, &[], &lists, &BTreeMap::new(), later);
+        assert_eq!(retry.create, first.create, "the same object, planned again");
+        assert!(retry.counted.is_empty(), "admitted is counted once");
+        // Once it exists the candidate is gone: nothing more is planned.
+        let created = retry.create[0].relay.clone();
+        let done = run(
+            &mut state,
+            &[created],
+            &lists,
+            &BTreeMap::new(),
+            later + CREATE_RETRY,
+        );
+        assert!(done.create.is_empty());
+        assert_eq!(state.candidates().count(), 0);
     }
 
     #[test]
