@@ -8,9 +8,10 @@
 //! `grasp_sync_status_patches_total` must count what reached it by result. The controller is
 //! the real binary with a direct connection. Every wait is bounded; everything is on 127.0.0.1.
 //!
-//! The worker's kube client (kube-rs, `default_retry`) retries a 429 itself after
-//! `Retry-After`, so the reporter sees the retry's answer (the 409), not the 429: its
-//! `throttled` count moves only when a write is refused 429 more often than the client retries.
+//! The worker writes status with a kube client without kube-rs's default retry policy, so its
+//! reporter sees each 429 itself: it counts it as `throttled`, keeps the latest status, and
+//! waits the `retryAfterSeconds` the refusal carried before writing again. (With the default
+//! policy the client retried inside, the reporter's loop waited, and nothing was counted.)
 
 mod support;
 
@@ -192,8 +193,8 @@ async fn status_writes_answered_409_and_429_still_converge_and_lose_nothing() {
          ({conflicts} + {upstream_errors}):\n{text}"
     );
     assert!(
-        counted_throttled <= throttled as f64,
-        "throttled counted ({counted_throttled}) beyond the 429s ({throttled})"
+        counted_throttled >= 1.0 && counted_throttled <= throttled as f64,
+        "throttled counted ({counted_throttled}) within 1..={throttled} 429s:\n{text}"
     );
     assert!(
         applied >= 1.0 && applied <= forwarded as f64,

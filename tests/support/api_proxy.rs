@@ -272,14 +272,16 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Respons
 }
 
 /// A Kubernetes `Status` error body, as the API server sends it.
-fn status_body(code: u16, reason: &str, message: &str) -> Bytes {
-    Bytes::from(
-        serde_json::json!({
-            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-            "message": message, "reason": reason, "code": code,
-        })
-        .to_string(),
-    )
+fn status_body(code: u16, reason: &str, message: &str, retry_after: Option<u32>) -> Bytes {
+    let mut status = serde_json::json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": message, "reason": reason, "code": code,
+    });
+    // As kube-apiserver does for 429: the delay in the body too, not only in the header.
+    if let Some(secs) = retry_after {
+        status["details"] = serde_json::json!({ "retryAfterSeconds": secs });
+    }
+    Bytes::from(status.to_string())
 }
 
 fn status_response(injected: Injected) -> Response {
@@ -287,6 +289,7 @@ fn status_response(injected: Injected) -> Response {
         injected.code,
         injected.reason,
         &format!("injected by the test proxy: {}", injected.reason),
+        injected.retry_after,
     );
     let mut response = Response::new(AxumBody::from(body));
     *response.status_mut() =
@@ -304,7 +307,12 @@ fn status_response(injected: Injected) -> Response {
 
 fn error_response(code: StatusCode, message: &str) -> Response {
     let reason = code.canonical_reason().unwrap_or("Error");
-    let mut response = Response::new(AxumBody::from(status_body(code.as_u16(), reason, message)));
+    let mut response = Response::new(AxumBody::from(status_body(
+        code.as_u16(),
+        reason,
+        message,
+        None,
+    )));
     *response.status_mut() = code;
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -14,4 +14,4 @@ pub mod report;
 pub mod reporter;
 pub mod run;
 
-pub use run::{run, run_in_cluster, WorkerError, WorkerOptions};
+pub use run::{run, run_in_cluster, run_with_status_client, WorkerError, WorkerOptions};

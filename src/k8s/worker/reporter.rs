@@ -167,9 +167,13 @@ fn split_key(key: &str) -> (&str, &str) {
 enum Outcome {
     Applied,
     Gone,
-    Throttled,
+    /// 429, with the server's `retryAfterSeconds` (0 when it gave none).
+    Throttled(Duration),
     Failed,
 }
+
+/// The least pause after a refused write, so that a server that keeps refusing is not spun on.
+const MIN_PAUSE: Duration = Duration::from_millis(500);
 
 async fn write_one(client: &Client, write: &Write) -> Outcome {
     let (ns, name) = split_key(&write.key);
@@ -185,7 +189,11 @@ async fn write_one(client: &Client, write: &Write) -> Outcome {
     {
         Ok(_) => Outcome::Applied,
         Err(kube::Error::Api(s)) if s.code == 404 => Outcome::Gone,
-        Err(kube::Error::Api(s)) if s.code == 429 => Outcome::Throttled,
+        Err(kube::Error::Api(s)) if s.code == 429 => Outcome::Throttled(Duration::from_secs(
+            s.details
+                .as_ref()
+                .map_or(0, |d| u64::from(d.retry_after_seconds)),
+        )),
         Err(e) => {
             tracing::warn!(relay = %write.key, error = %e, "status write failed");
             Outcome::Failed
@@ -233,7 +241,14 @@ async fn write_loop(
         } else {
             book.drain_all()
         };
+        // After a 429 the rest of this round waits for the server's `Retry-After`: kept in
+        // the book (latest status per object), written in a later round.
+        let mut pause = Duration::ZERO;
         for write in writes {
+            if !pause.is_zero() {
+                book.failed(write);
+                continue;
+            }
             bucket.take().await;
             let outcome = write_one(&client, &write).await;
             let result = match outcome {
@@ -245,9 +260,10 @@ async fn write_loop(
                     book.forget(&write.key);
                     "gone"
                 }
-                Outcome::Throttled => {
+                Outcome::Throttled(retry_after) => {
                     bucket.drain();
                     book.failed(write);
+                    pause = retry_after.max(MIN_PAUSE);
                     "throttled"
                 }
                 Outcome::Failed => {
@@ -263,9 +279,11 @@ async fn write_loop(
         for reply in flushes.drain(..) {
             let _ = reply.send(());
         }
-        if book.next_due().is_some_and(|t| t <= wall_clock()) {
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        } else if book.next_due().is_some_and(|t| t <= wall_clock()) {
             // Failed writes are due at once; do not spin on a server that keeps refusing.
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(MIN_PAUSE).await;
         }
     }
 }

@@ -371,13 +371,34 @@ fn error_policy(_relay: Arc<SyncRelay>, error: &EngineGone, _ctx: Arc<Ctx>) -> A
 
 /// `grasp-sync worker`: the in-cluster (or kubeconfig) client, until SIGTERM.
 pub async fn run_in_cluster(opts: WorkerOptions) -> Result<(), WorkerError> {
-    let client = Client::try_default().await?;
-    run(client, opts, shutdown_signal()).await
+    let config = kube::Config::infer()
+        .await
+        .map_err(kube::Error::InferConfig)?;
+    let client = Client::try_from(config.clone())?;
+    // The status reporter paces its own writes (token bucket, latest status per object) and
+    // must see each 429: with kube-client's default retry policy a refused PATCH was retried
+    // inside the client up to 15 times while the reporter's one write loop waited, and
+    // throttling was never counted.
+    let mut status_config = config;
+    status_config.default_retry = false;
+    let status_client = Client::try_from(status_config)?;
+    run_with_status_client(client, status_client, opts, shutdown_signal()).await
 }
 
 /// Runs the worker until `shutdown` resolves; then closes, flushes, reports and releases.
+/// Status is written with `client` too.
 pub async fn run(
     client: Client,
+    opts: WorkerOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), WorkerError> {
+    run_with_status_client(client.clone(), client, opts, shutdown).await
+}
+
+/// [`run`], writing status with `status_client` (see [`run_in_cluster`]).
+pub async fn run_with_status_client(
+    client: Client,
+    status_client: Client,
     opts: WorkerOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), WorkerError> {
@@ -428,7 +449,7 @@ pub async fn run(
         stop_rx.clone(),
     ));
 
-    let (reporter, reporter_task) = Reporter::spawn(client.clone(), opts.reporter, metrics.clone());
+    let (reporter, reporter_task) = Reporter::spawn(status_client, opts.reporter, metrics.clone());
     let ctx = Arc::new(Ctx {
         name: opts.name.clone(),
         max_url_len: opts.settings.max_relay_url_len,
