@@ -78,16 +78,6 @@ impl LocalItems {
     }
 }
 
-impl Default for LocalItems {
-    /// The empty set, sealed.
-    fn default() -> Self {
-        let mut storage = negentropy::NegentropyStorageVector::new();
-        // Sealing a fresh, empty vector cannot fail (it fails only when already sealed).
-        let _ = storage.seal();
-        LocalItems(Arc::new(storage))
-    }
-}
-
 impl NegentropyStorageBase for LocalItems {
     fn size(&self) -> Result<usize, negentropy::Error> {
         self.0.size()
@@ -380,7 +370,8 @@ mod tests {
 
     #[test]
     fn not_hex_is_an_error() {
-        let (mut r, _) = Reconciler::start(LocalItems::default()).expect("start");
+        let (mut r, _) =
+            Reconciler::start(LocalItems::build([]).expect("empty set")).expect("start");
         assert_eq!(r.on_message("zz"), Err(NegError::NotHex));
     }
 }

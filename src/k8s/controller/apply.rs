@@ -265,11 +265,7 @@ pub async fn apply(
 /// The object an action writes, for grouping: a creation belongs to the relay it creates.
 fn group_key(action: &Action) -> Option<String> {
     match action {
-        Action::Create { relay } => Some(format!(
-            "{}/{}",
-            relay.metadata.namespace.as_deref().unwrap_or_default(),
-            relay.metadata.name.as_deref().unwrap_or_default()
-        )),
+        Action::Create { relay } => Some(super::view::key(relay)),
         _ => action.relay_key(),
     }
 }

@@ -14,6 +14,7 @@
 //! - Each allowlist reports `matched` (discovered relays it admits) and `refused` (discovered
 //!   URLs it refused: deny rule, private address, or full).
 
+use super::plan::earliest;
 use super::validate::Verdict;
 use super::view;
 use crate::api::allowlist::{admit, Admission};
@@ -246,7 +247,7 @@ pub fn discover(state: &mut DiscoveryState, input: &DiscoveryInput<'_>) -> Disco
                 if now >= deadline {
                     out.reap.push((key, reap_reason::EMPTY_TARGET));
                 } else {
-                    out.next_wakeup = Some(out.next_wakeup.map_or(deadline, |w| w.min(deadline)));
+                    out.next_wakeup = earliest(out.next_wakeup, Some(deadline));
                 }
             }
             Some(Target::NonEmpty) => {
@@ -277,24 +278,31 @@ pub fn discover(state: &mut DiscoveryState, input: &DiscoveryInput<'_>) -> Disco
                         continue;
                     }
                     ns.matched[allowlist] += 1;
-                    let planned = state.candidates.get(&url).and_then(|c| c.create_planned);
-                    let due = planned.is_none_or(|at| now >= at + CREATE_RETRY);
-                    if due {
-                        let admitting = ns.objects[allowlist].name_any();
-                        out.create.push(Creation {
-                            relay: discovered_relay(ns_name, &name, &url, allow_private_networks),
-                            allowlist: (ns_name.clone(), admitting),
-                        });
-                        if planned.is_none() {
-                            out.counted.push("admitted");
+                    let last = state.candidates.get(&url).and_then(|c| c.create_planned);
+                    let planned_at = match last {
+                        Some(at) if now < at + CREATE_RETRY => at,
+                        _ => {
+                            let admitting = ns.objects[allowlist].name_any();
+                            out.create.push(Creation {
+                                relay: discovered_relay(
+                                    ns_name,
+                                    &name,
+                                    &url,
+                                    allow_private_networks,
+                                ),
+                                allowlist: (ns_name.clone(), admitting),
+                            });
+                            if last.is_none() {
+                                out.counted.push("admitted");
+                            }
+                            if let Some(c) = state.candidates.get_mut(&url) {
+                                c.create_planned = Some(now);
+                            }
+                            now
                         }
-                        if let Some(c) = state.candidates.get_mut(&url) {
-                            c.create_planned = Some(now);
-                        }
-                    }
+                    };
                     // Until the object shows up in the cache: plan it again when due.
-                    let again = planned.filter(|_| !due).unwrap_or(now) + CREATE_RETRY;
-                    out.next_wakeup = Some(out.next_wakeup.map_or(again, |w| w.min(again)));
+                    out.next_wakeup = earliest(out.next_wakeup, Some(planned_at + CREATE_RETRY));
                     names.insert((ns_name.clone(), name));
                     created = true;
                     break;

@@ -109,7 +109,7 @@ fn unset(key: &str) -> BTreeMap<String, Option<String>> {
     BTreeMap::from([(key.to_string(), None)])
 }
 
-fn earliest(a: Option<Millis>, b: Option<Millis>) -> Option<Millis> {
+pub(super) fn earliest(a: Option<Millis>, b: Option<Millis>) -> Option<Millis> {
     match (a, b) {
         (Some(x), Some(y)) => Some(x.min(y)),
         (x, None) => x,
