@@ -17,10 +17,9 @@
 
 mod support;
 
-use grasp_sync::api::types::{discovered_name, RelayAllowlist, SyncRelay};
+use grasp_sync::api::types::{discovered_name, SyncRelay};
 use grasp_sync::core::url::RelayUrl;
 use grasp_sync::k8s::consts::LEASE_DURATION;
-use grasp_sync::relay::embedded::{EmbeddedRelay, EmbeddedRelayConfig};
 use kube::api::Api;
 use kube::ResourceExt;
 use nostr::{EventId, Keys};
@@ -28,12 +27,11 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::apiserver::TestApiServer;
-use support::bed::{announcement, free_addr, scratch_dir};
+use support::bed::announcement;
 use support::fault_proxy::FaultProxy;
 use support::k8s_bed::{
-    create_namespace, create_retrying, http_get, install_crds, scrape, spawn_controller,
-    spawn_worker_with_kubeconfig, wait_for, write_kubeconfig_for, Role,
+    http_get, scrape, spawn_worker_with_kubeconfig, start_controlled, wait_for,
+    write_kubeconfig_for, ControlledBed, Role,
 };
 use support::sync_bed::{
     coordinate, held, publish, tagged, wait_for_ids, RemoteRelay, FAST_SETTINGS, LOOPBACK_ALLOWLIST,
@@ -73,32 +71,15 @@ async fn a_worker_that_loses_its_lease_mid_download_loses_nothing() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    let server = TestApiServer::start();
-    let admin = server.client().await;
-    let dir = scratch_dir("lease-loss");
-    std::fs::create_dir_all(&dir).expect("scratch");
-    std::fs::write(dir.join("settings.yaml"), FAST_SETTINGS).expect("settings");
-    let own = EmbeddedRelay::start(EmbeddedRelayConfig::new(free_addr(), dir.join("own")))
-        .await
-        .expect("own relay");
-    let own_url = own.url().to_string();
-    create_namespace(&admin, NS).await;
-    install_crds(&admin).await;
-    let allowlists: Api<RelayAllowlist> = Api::namespaced(admin.clone(), NS);
-    let allowlist: RelayAllowlist = serde_yaml::from_str(LOOPBACK_ALLOWLIST).expect("allowlist");
-    create_retrying(&allowlists, &allowlist).await;
-
-    let settings = dir.join("settings.yaml").display().to_string();
-    let mut controller = spawn_controller(
-        &server,
-        &dir,
-        "controller",
-        "controller-0",
-        &own_url,
-        NS,
-        Some(&settings),
-    );
-    controller.wait_ready(Duration::from_secs(30)).await;
+    let ControlledBed {
+        server,
+        admin,
+        dir,
+        own,
+        own_url,
+        settings,
+        mut controller,
+    } = start_controlled("lease-loss", NS, LOOPBACK_ALLOWLIST, FAST_SETTINGS).await;
 
     // The worker reaches the API server only through the fault proxy.
     let api_addr: SocketAddr = server

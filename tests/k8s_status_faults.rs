@@ -15,18 +15,16 @@
 
 mod support;
 
-use grasp_sync::api::types::{discovered_name, RelayAllowlist, SyncRelay};
+use grasp_sync::api::types::{discovered_name, SyncRelay};
 use grasp_sync::core::url::RelayUrl;
-use grasp_sync::relay::embedded::{EmbeddedRelay, EmbeddedRelayConfig};
 use kube::api::Api;
 use nostr::Keys;
 use std::time::{Duration, Instant};
 use support::api_proxy::{ApiProxy, Injected, Rule};
-use support::apiserver::TestApiServer;
-use support::bed::{announcement, free_addr, scratch_dir};
+use support::bed::announcement;
 use support::k8s_bed::{
-    condition_status, create_namespace, create_retrying, http_get, install_crds, spawn_controller,
-    spawn_worker_with_kubeconfig, wait_for,
+    condition_status, http_get, spawn_worker_with_kubeconfig, start_controlled, wait_for,
+    ControlledBed,
 };
 use support::sync_bed::{
     coordinate, metric, publish, tagged, wait_for_ids, RemoteRelay, FAST_SETTINGS,
@@ -43,32 +41,15 @@ async fn status_writes_answered_409_and_429_still_converge_and_lose_nothing() {
         .with_test_writer()
         .try_init();
     let started = Instant::now();
-    let server = TestApiServer::start();
-    let admin = server.client().await;
-    let dir = scratch_dir("status-faults");
-    std::fs::create_dir_all(&dir).expect("scratch");
-    std::fs::write(dir.join("settings.yaml"), FAST_SETTINGS).expect("settings");
-    let own = EmbeddedRelay::start(EmbeddedRelayConfig::new(free_addr(), dir.join("own")))
-        .await
-        .expect("own relay");
-    let own_url = own.url().to_string();
-    create_namespace(&admin, NS).await;
-    install_crds(&admin).await;
-    let allowlists: Api<RelayAllowlist> = Api::namespaced(admin.clone(), NS);
-    let allowlist: RelayAllowlist = serde_yaml::from_str(LOOPBACK_ALLOWLIST).expect("allowlist");
-    create_retrying(&allowlists, &allowlist).await;
-
-    let settings = dir.join("settings.yaml").display().to_string();
-    let mut controller = spawn_controller(
-        &server,
-        &dir,
-        "controller",
-        "controller-0",
-        &own_url,
-        NS,
-        Some(&settings),
-    );
-    controller.wait_ready(Duration::from_secs(30)).await;
+    let ControlledBed {
+        server,
+        admin,
+        dir,
+        own,
+        own_url,
+        settings,
+        mut controller,
+    } = start_controlled("status-faults", NS, LOOPBACK_ALLOWLIST, FAST_SETTINGS).await;
 
     // The worker reaches the API server only through the proxy, which refuses two of every
     // three SyncRelay status PATCHes (the worker's Lease, watches and everything else pass).

@@ -3,10 +3,11 @@
 //! `grasp-sync controller` / `grasp-sync worker` binaries as guarded child processes.
 
 use super::apiserver::TestApiServer;
-use super::bed::free_addr;
+use super::bed::{free_addr, scratch_dir};
 use super::guarded::Guarded;
 use grasp_sync::api::crd::crd_files;
-use grasp_sync::api::types::SyncRelay;
+use grasp_sync::api::types::{RelayAllowlist, SyncRelay};
+use grasp_sync::relay::embedded::{EmbeddedRelay, EmbeddedRelayConfig};
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, PostParams};
@@ -292,4 +293,67 @@ pub fn spawn_worker_with_kubeconfig(
     ];
     args.extend(config.map(|c| ["--config", c]).into_iter().flatten());
     spawn_role_with_kubeconfig(kubeconfig, dir, name, &args)
+}
+
+/// A bed with the API server, the CRDs, namespace `ns` with `allowlist` (YAML), our embedded
+/// relay, and one `grasp-sync controller` process (`controller-0`, ready) configured with
+/// `settings` (YAML); the rows add their workers.
+pub struct ControlledBed {
+    /// The API server.
+    pub server: TestApiServer,
+    /// Its admin client.
+    pub admin: kube::Client,
+    /// Scratch dir: logs, our relay's store, the settings file.
+    pub dir: PathBuf,
+    /// Our relay.
+    pub own: EmbeddedRelay,
+    /// Its URL.
+    pub own_url: String,
+    /// Path of the settings file (for `--config`).
+    pub settings: String,
+    /// The controller.
+    pub controller: Role,
+}
+
+/// Starts a [`ControlledBed`] in scratch dir `name`.
+pub async fn start_controlled(
+    name: &str,
+    ns: &str,
+    allowlist: &str,
+    settings: &str,
+) -> ControlledBed {
+    let server = TestApiServer::start();
+    let admin = server.client().await;
+    let dir = scratch_dir(name);
+    std::fs::create_dir_all(&dir).expect("scratch");
+    std::fs::write(dir.join("settings.yaml"), settings).expect("settings");
+    let own = EmbeddedRelay::start(EmbeddedRelayConfig::new(free_addr(), dir.join("own")))
+        .await
+        .expect("own relay");
+    let own_url = own.url().to_string();
+    create_namespace(&admin, ns).await;
+    install_crds(&admin).await;
+    let allowlists: Api<RelayAllowlist> = Api::namespaced(admin.clone(), ns);
+    let allowlist: RelayAllowlist = serde_yaml::from_str(allowlist).expect("allowlist");
+    create_retrying(&allowlists, &allowlist).await;
+    let settings = dir.join("settings.yaml").display().to_string();
+    let mut controller = spawn_controller(
+        &server,
+        &dir,
+        "controller",
+        "controller-0",
+        &own_url,
+        ns,
+        Some(&settings),
+    );
+    controller.wait_ready(Duration::from_secs(30)).await;
+    ControlledBed {
+        server,
+        admin,
+        dir,
+        own,
+        own_url,
+        settings,
+        controller,
+    }
 }
